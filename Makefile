@@ -1,0 +1,44 @@
+# torch-streamer: set-up and checks. `make test` and `make demo` create .venv when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+# the CPU wheel; an unpinned torch can pull a multi-GB CUDA build
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv test test-thorough lint check demo clean
+
+help:
+	@echo "make test           run the whole test suite (default hypothesis profile)"
+	@echo "make test-thorough  the same with >= 1000 examples per property"
+	@echo "make lint           ruff check and mypy src"
+	@echo "make check          lint and test, as CI runs them"
+	@echo "make demo           stream a built-in example and print exactness and speed"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-thorough: $(STAMP)
+	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy src
+
+check: lint test
+
+demo: $(STAMP)
+	$(BIN)/python -m torchstreamer.demo
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

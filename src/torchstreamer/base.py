@@ -1,0 +1,198 @@
+"""`BaseStream`: the call contract, input validation and the state protocol of every stream.
+
+A stream is an ``nn.Module`` called block by block: ``stream(x, final=False)`` takes a block
+shaped ``[C, T]`` or ``[B, C, T]`` (any ``T`` from 0 up) and returns the outputs that the block
+completes, or ``None`` while it has none. ``final=True`` flushes the end of the signal, after
+which the stream is ready for a new one. ``reset()`` drops a signal half way.
+
+State lives in tensors registered as buffers when the stream is built, resized only when a new
+signal starts (a new batch size, dtype or device) and otherwise written in place; position
+counters are plain integers. ``get_state()`` flattens all of it to ``dict[str, Tensor]`` keyed
+by path, and ``set_state()`` restores it after checking names, shapes, dtypes and devices.
+
+Example:
+    >>> import torch
+    >>> import torchstreamer as pts
+    >>> stream = pts.Conv1dStream(torch.nn.Conv1d(2, 3, 4))
+    >>> stream(torch.randn(2, 2)) is None  # 2 samples: not enough for a window of 4
+    True
+    >>> stream(torch.randn(2, 5)).shape
+    torch.Size([3, 4])
+    >>> state = stream.get_state()  # buffers and counters, as tensors
+    >>> state["_pending"].shape, int(state["_fill"])
+    (torch.Size([1, 2, 3]), 3)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from torchstreamer.errors import StreamError, StreamInputError
+
+__all__ = ["BaseStream"]
+
+
+class BaseStream(nn.Module):
+    """Base class of all streams: ``forward(x, final=False) -> Optional[Tensor]``.
+
+    Subclasses implement :meth:`forward` and, when they keep state, :meth:`reset` and the class
+    attributes ``_state_tensors``/``_state_ints`` (names of the buffers and integer counters that
+    make up the state). ``output_length(n)`` tells how many outputs a signal of ``n`` samples
+    gives; containers use it to align residual connections.
+
+    Example:
+        >>> import torch
+        >>> import torchstreamer as pts
+        >>> class Double(pts.BaseStream):
+        ...     def forward(self, x: torch.Tensor, final: bool = False):
+        ...         return 2 * x
+        >>> Double()(torch.ones(1, 3)).tolist()
+        [[2.0, 2.0, 2.0]]
+    """
+
+    _state_tensors: tuple[str, ...] = ()
+    _state_ints: tuple[str, ...] = ()
+
+    def forward(self, x: Tensor, final: bool = False) -> Optional[Tensor]:
+        """Stream one block; return the outputs it completes, or ``None``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward().")
+
+    @torch.jit.export
+    def reset(self) -> None:
+        """Drop the signal in progress; the next block starts a new signal."""
+
+    @torch.jit.export
+    def _reference(self) -> Optional[Tensor]:
+        """A tensor whose dtype and device blocks must match (a parameter), if any."""
+        return None
+
+    @torch.jit.unused
+    def output_length(self, n: int) -> int:
+        """Number of outputs the stream gives for a whole signal of ``n`` samples."""
+        raise NotImplementedError(f"{type(self).__name__} does not define output_length().")
+
+    # -- state protocol (eager only) ------------------------------------------------------
+
+    @torch.jit.unused
+    def get_state(self) -> dict[str, Tensor]:
+        """Copy of the state of this stream and all streams inside it, keyed by path.
+
+        Integer counters come back as ``int64`` tensors (0-d, or 1-d for a list of counters) so
+        that the whole state is tensors.
+        """
+        state: dict[str, Tensor] = {}
+        for path, module in self.named_modules():
+            if not isinstance(module, BaseStream):
+                continue
+            prefix = f"{path}." if path else ""
+            for name in module._state_tensors:
+                state[prefix + name] = getattr(module, name).detach().clone()
+            for name in module._state_ints:
+                value = getattr(module, name)
+                state[prefix + name] = torch.tensor(value, dtype=torch.int64)
+        return state
+
+    @torch.jit.unused
+    def set_state(self, state: dict[str, Tensor]) -> None:
+        """Restore a state from :meth:`get_state`, so the stream continues where it was.
+
+        Raises:
+            StreamError: if names are missing or extra, or a tensor has another number of
+                dimensions, trailing shape, dtype or device than the stream's own state.
+        """
+        own = self.get_state()
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
+        if missing or extra:
+            raise StreamError(
+                f"The state does not fit this stream: missing {missing}, unexpected {extra}."
+            )
+        for key, value in state.items():
+            current = own[key]
+            unallocated = current.dim() == 1 and current.numel() == 0  # no signal seen yet
+            if value.dtype != current.dtype or (value.dim() != current.dim() and not unallocated):
+                raise StreamError(
+                    f"State '{key}' must be a {current.dim()}-d {current.dtype} tensor but is "
+                    f"a {value.dim()}-d {value.dtype} tensor."
+                )
+            if not unallocated and current.numel() > 0 and value.shape[1:] != current.shape[1:]:
+                raise StreamError(
+                    f"State '{key}' must have trailing shape {list(current.shape[1:])} but has "
+                    f"shape {list(value.shape)}."
+                )
+            if value.device != current.device and key.rsplit(".", 1)[-1] in _tensor_names(self):
+                raise StreamError(
+                    f"State '{key}' is on {value.device} but the stream is on {current.device}."
+                )
+        modules = dict(self.named_modules())
+        for key, value in state.items():
+            path, _, name = key.rpartition(".")
+            module = modules[path]
+            if name in module._state_ints:
+                setattr(module, name, value.tolist())
+            else:
+                setattr(module, name, value.detach().clone())
+
+
+def _tensor_names(stream: nn.Module) -> set[str]:
+    names: set[str] = set()
+    for module in stream.modules():
+        if isinstance(module, BaseStream):
+            names.update(module._state_tensors)
+    return names
+
+
+def check_block(
+    label: str,
+    x: Tensor,
+    channels: int,
+    reference: Optional[Tensor],
+    rank: int,
+    batch: int,
+) -> None:
+    """Raise :class:`StreamInputError` unless ``x`` is a valid next block.
+
+    ``channels`` is -1 when unknown; ``rank``/``batch`` are 0/-1 when no signal is in progress.
+    TorchScript compiles this function, so it uses only scriptable constructs.
+    """
+    if x.dim() != 2 and x.dim() != 3:
+        raise StreamInputError(
+            f"{label} expects a block shaped [C, T] or [B, C, T] but got shape {list(x.shape)}."
+        )
+    if not x.is_floating_point():
+        raise StreamInputError(
+            f"{label} expects a floating-point block but got dtype {x.dtype}; "
+            "convert it, e.g. with block.float()."
+        )
+    if channels >= 0 and x.shape[-2] != channels:
+        raise StreamInputError(
+            f"{label} expects {channels} channels (dim -2) but the block has {x.shape[-2]} "
+            f"(shape {list(x.shape)})."
+        )
+    if reference is not None:
+        if x.dtype != reference.dtype:
+            raise StreamInputError(
+                f"{label} computes in {reference.dtype} but the block is {x.dtype}; "
+                f"convert the block (block.to({reference.dtype})) or the model."
+            )
+        if x.device != reference.device:
+            raise StreamInputError(
+                f"{label} is on {reference.device} but the block is on {x.device}; "
+                f"move the block (block.to('{reference.device}')) or the stream."
+            )
+    if rank != 0:
+        if x.dim() != rank:
+            raise StreamInputError(
+                f"{label} is in the middle of a signal of {rank}-d blocks but got a "
+                f"{x.dim()}-d block (shape {list(x.shape)}); finish the signal with final=True "
+                "or call reset() first."
+            )
+        if rank == 3 and x.shape[0] != batch:
+            raise StreamInputError(
+                f"{label} is in the middle of a signal with batch size {batch} but got a block "
+                f"with batch size {x.shape[0]}; finish the signal with final=True or call "
+                "reset() first."
+            )

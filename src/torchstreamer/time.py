@@ -1,0 +1,163 @@
+"""Pure time arithmetic of 1D layers: spans, output lengths, paddings and divisors.
+
+Every stream takes its numbers from here; none re-derives them. Positions are integer sample
+indices on the time axis. For a window layer (convolution, pooling) with kernel ``k``, dilation
+``d`` and stride ``s`` applied to a signal padded by ``left`` samples, output ``j`` reads the
+padded samples ``j*s .. j*s + span - 1`` where ``span = d*(k-1) + 1``::
+
+    padded:  | left pad |  x[0] x[1] ... x[n-1]  | right pad |
+    output j:           <-- span -->  starts at j*s (padded index), i.e. x[j*s - left]
+
+Example:
+    >>> conv_span(kernel=3, dilation=2)
+    5
+    >>> valid_output_length(10, span=5, stride=2)
+    3
+    >>> pool_output_length(10, kernel=3, stride=2, padding=1, dilation=1, ceil_mode=True)
+    6
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "avg_pool_divisor",
+    "ceil_extra_padding",
+    "conv_span",
+    "pool_output_length",
+    "residual_crop",
+    "same_padding",
+    "transposed_context",
+    "transposed_output_length",
+    "valid_output_length",
+]
+
+
+def conv_span(kernel: int, dilation: int = 1) -> int:
+    """Number of consecutive input samples one window covers: ``dilation*(kernel-1) + 1``."""
+    if kernel < 1 or dilation < 1:
+        raise ValueError(f"kernel ({kernel}) and dilation ({dilation}) must be at least 1.")
+    return dilation * (kernel - 1) + 1
+
+
+def valid_output_length(n: int, span: int, stride: int) -> int:
+    """Number of windows of ``span`` samples, ``stride`` apart, that fit in ``n`` samples.
+
+    >>> [valid_output_length(n, span=3, stride=2) for n in range(8)]
+    [0, 0, 0, 1, 1, 2, 2, 3]
+    """
+    if n < span:
+        return 0
+    return (n - span) // stride + 1
+
+
+def same_padding(kernel: int, dilation: int = 1) -> tuple[int, int]:
+    """Left and right padding of ``padding="same"``, split as PyTorch splits it.
+
+    The total is ``dilation*(kernel-1)``; the left side gets the smaller half.
+
+    >>> same_padding(4)
+    (1, 2)
+    """
+    total = dilation * (kernel - 1)
+    return total // 2, total - total // 2
+
+
+def pool_output_length(
+    n: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool
+) -> int:
+    """Output length of ``AvgPool1d``/``MaxPool1d`` on ``n`` samples, PyTorch's formula.
+
+    With ``ceil_mode`` a last, partial window is kept when it starts inside the input or the
+    left padding.
+
+    >>> pool_output_length(5, kernel=2, stride=2, padding=0, dilation=1, ceil_mode=True)
+    3
+    """
+    span = conv_span(kernel, dilation)
+    room = n + 2 * padding - span
+    if room < 0:
+        return 0
+    out = (room + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= n + padding:
+        out -= 1
+    return out
+
+
+def ceil_extra_padding(n_padded: int, outputs: int, span: int, stride: int) -> int:
+    """Samples to add after a padded signal so that ``outputs`` full windows fit in it.
+
+    ``ceil_mode`` pooling keeps a last window that runs past the padded signal; padding it
+    with the pool's neutral value makes it an ordinary window.
+
+    >>> ceil_extra_padding(n_padded=5, outputs=3, span=2, stride=2)
+    1
+    """
+    if outputs <= 0:
+        return 0
+    return max(0, (outputs - 1) * stride + span - n_padded)
+
+
+def avg_pool_divisor(
+    j: int, n: int, kernel: int, stride: int, padding: int, count_include_pad: bool
+) -> int:
+    """Divisor PyTorch's ``avg_pool1d`` uses for output ``j`` of a signal of ``n`` samples.
+
+    The window is cut at the end of the right padding; without ``count_include_pad`` it is cut
+    to the real samples.
+
+    >>> avg_pool_divisor(0, n=10, kernel=3, stride=1, padding=1, count_include_pad=False)
+    2
+    """
+    start = j * stride - padding
+    end = min(start + kernel, n + padding)
+    if count_include_pad:
+        return end - start
+    return min(end, n) - max(start, 0)
+
+
+def transposed_output_length(
+    n: int, kernel: int, stride: int, padding: int, output_padding: int, dilation: int
+) -> int:
+    """Output length of ``ConvTranspose1d`` on ``n`` samples (0 for an empty input).
+
+    >>> transposed_output_length(4, kernel=3, stride=2, padding=1, output_padding=1, dilation=1)
+    8
+    """
+    if n <= 0:
+        return 0
+    return (n - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+
+
+def transposed_context(
+    kernel: int, stride: int, dilation: int, padding: int = 0, output_padding: int = 0
+) -> int:
+    """Past inputs a transposed convolution keeps to finish the outputs it has not yet emitted.
+
+    Input ``i`` writes the full (unpadded) outputs ``i*stride .. i*stride + dilation*(kernel-1)``,
+    so the outputs from ``n*stride`` on also receive the last ``dilation*(kernel-1) // stride``
+    inputs before ``n``. With ``padding > output_padding`` the last outputs are cropped once the
+    signal ends, so the stream holds back outputs from ``(n-1)*stride + span + output_padding -
+    padding`` on; finishing those needs ``1 + (padding - output_padding - 1) // stride`` inputs.
+
+    >>> transposed_context(kernel=4, stride=2, dilation=1)
+    1
+    >>> transposed_context(kernel=2, stride=1, dilation=1, padding=5)
+    5
+    """
+    context = (dilation * (kernel - 1)) // stride
+    if padding > output_padding:
+        context = max(context, 1 + (padding - output_padding - 1) // stride)
+    return context
+
+
+def residual_crop(trim: int) -> tuple[int, int]:
+    """How ``Residual1d`` crops its input when the inner network shortens it by ``trim``.
+
+    The residual is centred on the inner output: the left side loses the smaller half.
+
+    >>> residual_crop(3)
+    (1, 2)
+    """
+    if trim < 0:
+        raise ValueError(f"the inner network lengthens the signal by {-trim} samples.")
+    return trim // 2, trim - trim // 2

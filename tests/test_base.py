@@ -53,9 +53,6 @@ def test_bad_block_raises_and_leaves_state_untouched(network: str, bad: str) -> 
     with torch.no_grad():
         expected = module(x)
         outputs = [stream(x[..., :7])]
-        if network in ("pool", "pad") and bad == "channels":
-            message = "in the middle of"  # channel-agnostic layers: caught by the state check
-            make_bad = BAD_BLOCKS["batch"][0]
         if bad == "dtype" and network in ("pool", "pad"):
             message = "computes in torch.float32 but the block is torch.float64"
         with pytest.raises(pts.StreamInputError, match=message):
@@ -64,6 +61,27 @@ def test_bad_block_raises_and_leaves_state_untouched(network: str, bad: str) -> 
             stream(make_bad(x[..., 7:12]), final=True)
         outputs.append(stream(x[..., 7:], final=True))
     assert_matches(torch.cat([y for y in outputs if y is not None], -1), expected)
+
+
+def test_channels_are_checked_even_when_the_first_layer_does_not_know_them() -> None:
+    net = nn.Sequential(nn.Mish(), nn.Conv1d(4, 2, 3))
+    stream = pts.Sequential1dStream(net)
+    with pytest.raises(pts.StreamInputError, match="expects 4 channels"):
+        stream(torch.randn(1, 3, 5))
+    x = torch.randn(4, 20)  # unbatched, after a refused batched block
+    with torch.no_grad():
+        assert_matches(torch.cat([stream(x[:, :7]), stream(x[:, 7:], final=True)], -1), net(x))
+
+
+def test_signal_too_short_for_an_inner_reflection_leaves_every_layer_untouched() -> None:
+    net = nn.Sequential(nn.Conv1d(1, 1, 3), nn.ReflectionPad1d(3))
+    stream = pts.Sequential1dStream(net, "model")
+    x = torch.randn(1, 12)
+    with torch.no_grad():
+        assert stream(x[:, :4]) is None
+        with pytest.raises(pts.StreamInputError, match=r"layer '1' \(ReflectionPad1d\)"):
+            stream(x[:, 4:5], final=True)  # the conv would give 3 samples: too few to reflect 3
+        assert_matches(stream(x[:, 4:], final=True), net(x))
 
 
 def test_bad_block_message_names_the_layer_path() -> None:

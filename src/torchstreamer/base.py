@@ -69,6 +69,13 @@ class BaseStream(nn.Module):
         """A tensor whose dtype and device blocks must match (a parameter), if any."""
         return None
 
+    @torch.jit.export
+    def _check_end(self, total: int) -> None:
+        """Raise :class:`StreamInputError` if a signal of ``total`` samples cannot end now.
+
+        Containers ask every stage before a ``final=True`` call changes any state.
+        """
+
     @torch.jit.unused
     def output_length(self, n: int) -> int:
         """Number of outputs the stream gives for a whole signal of ``n`` samples."""

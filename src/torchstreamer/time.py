@@ -74,13 +74,10 @@ def pool_output_length(
     3
     """
     span = conv_span(kernel, dilation)
-    room = n + 2 * padding - span
-    if room < 0:
-        return 0
-    out = (room + (stride - 1 if ceil_mode else 0)) // stride + 1
+    out = (n + 2 * padding - span + (stride - 1 if ceil_mode else 0)) // stride + 1
     if ceil_mode and (out - 1) * stride >= n + padding:
         out -= 1
-    return out
+    return max(out, 0)
 
 
 def ceil_extra_padding(n_padded: int, outputs: int, span: int, stride: int) -> int:

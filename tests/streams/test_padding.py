@@ -41,6 +41,14 @@ def test_pad1d_parity(script: bool, case: tuple[nn.Module, torch.Tensor], sizes:
     assert_matches(run_stream(stream, x, split_lengths(x.shape[-1], sizes)), pad(x))
 
 
+def test_constant_padding_of_an_empty_signal_is_all_padding() -> None:
+    pad = nn.ConstantPad1d((2, 3), 1.0)
+    stream = pts.Pad1dStream(pad, "model")
+    empty = torch.randn(1, 0)
+    assert_matches(stream(empty, final=True), pad(empty))
+    assert_matches(run_stream(stream, empty, [0, 0]), pad(empty))
+
+
 def test_valid_padding_makes_a_pad_layer_an_identity() -> None:
     x = torch.randn(2, 9)
     y = run_stream(pts.Pad1dStream(nn.ReflectionPad1d(3)), x, [2, 0, 4])

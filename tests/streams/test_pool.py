@@ -28,8 +28,6 @@ def pool_cases(draw: st.DrawFn) -> tuple[nn.Module, str, torch.Tensor]:
         pool = nn.AvgPool1d(kernel, stride, padding, ceil_mode=ceil_mode, count_include_pad=include)
     padding_choice = draw(st.sampled_from(["valid", "model"]))
     length = draw(st.integers(1, 60))
-    span = (kernel - 1) * (pool.dilation if isinstance(pool, nn.MaxPool1d) else 1) + 1
-    assume(length + 2 * (padding if padding_choice == "model" else 0) >= span)
     batch = draw(st.sampled_from([None, 2]))
     channels = draw(st.integers(1, 3))
     shape = [channels, length] if batch is None else [batch, channels, length]
@@ -52,7 +50,10 @@ def test_pool1d_parity(
     stream = pts.Pool1dStream(pool, padding)  # type: ignore[arg-type]
     if script:
         stream = torch.jit.script(stream)
-    expected = (pool if padding == "model" else valid_copy(pool))(x)
+    try:
+        expected = (pool if padding == "model" else valid_copy(pool))(x)
+    except RuntimeError:  # PyTorch refuses a signal this short
+        assume(False)
     assert_matches(run_stream(stream, x, split_lengths(x.shape[-1], sizes)), expected)
 
 
@@ -63,13 +64,25 @@ def test_pool1d_parity(
 def test_pool_output_length_matches_pytorch(
     n: int, kernel: int, stride: int, dilation: int, ceil_mode: bool, data: st.DataObject
 ) -> None:
-    span = dilation * (kernel - 1) + 1
     padding = data.draw(st.integers(0, kernel // 2))
     expected = pool_output_length(n, kernel, stride, padding, dilation, ceil_mode)
-    if n + 2 * padding < span or expected <= 0:
-        return
-    y = nn.functional.max_pool1d(torch.randn(1, 1, n), kernel, stride, padding, dilation, ceil_mode)
-    assert y.shape[-1] == expected
+    x = torch.randn(1, 1, n)
+    try:
+        y = nn.functional.max_pool1d(x, kernel, stride, padding, dilation, ceil_mode)
+    except RuntimeError:  # PyTorch refuses: no output
+        assert expected <= 0
+    else:
+        assert y.shape[-1] == expected
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [nn.MaxPool1d(4, stride=3, ceil_mode=True), nn.AvgPool1d(6, 3, padding=1, ceil_mode=True)],
+    ids=["max", "avg"],
+)
+def test_ceil_mode_window_on_a_signal_shorter_than_the_kernel(pool: nn.Module) -> None:
+    x = torch.randn(1, 2)
+    assert_matches(pts.Pool1dStream(pool, "model")(x, final=True), pool(x))  # type: ignore[arg-type]
 
 
 def test_max_pool_with_indices_is_refused() -> None:

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torchstreamer.base import BaseStream, check_block
 from torchstreamer.errors import NotStreamableError, StreamInputError
 from torchstreamer.streams.conv import check_padding_choice
-from torchstreamer.streams.elementwise import Elementwise1dStream
+from torchstreamer.streams.elementwise import Elementwise1dStream, elementwise_verdict
 from torchstreamer.streams.leaf import fit_buffer, layer_label
 from torchstreamer.time import residual_crop
 
@@ -55,12 +55,24 @@ def _input_channels(module: nn.Module) -> Optional[int]:
             channels = _input_channels(layer)
             if channels is not None:
                 return channels
-            if not isinstance(layer, _CHANNEL_KEEPING):
+            if not _keeps_channels(layer):
                 return None
         return None
     if isinstance(module, Residual1d):
         return _input_channels(module.net)
     return None
+
+
+def _keeps_channels(module: nn.Module) -> bool:
+    """Whether a module is known to give as many channels as it takes."""
+    if isinstance(module, _CHANNEL_KEEPING):
+        return True
+    if isinstance(module, (nn.GLU, nn.BatchNorm1d, nn.PReLU)):
+        return False  # GLU halves the channels; the others tell their own
+    try:
+        return bool(elementwise_verdict(module, ""))
+    except NotStreamableError:
+        return False
 
 
 _CHANNEL_KEEPING: tuple[type, ...] = (
@@ -80,7 +92,7 @@ def _output_channels(module: nn.Module, channels: Optional[int]) -> Optional[int
         return channels
     if channels is None:
         return None
-    if isinstance(module, _CHANNEL_KEEPING):
+    if _keeps_channels(module):
         return channels
     try:  # any other module: ask it
         reference = next(iter(module.parameters()), None)
@@ -120,7 +132,7 @@ class Sequential1dStream(BaseStream):
         True
     """
 
-    _state_ints = ("_rank", "_batch", "_stage_channels")
+    _state_ints = ("_rank", "_batch", "_seen", "_stage_channels")
 
     def __init__(
         self,
@@ -155,6 +167,7 @@ class Sequential1dStream(BaseStream):
         )
         self._rank = 0
         self._batch = -1
+        self._seen = 0
         # input channels of each stage in this signal; -1 while the stage has had no block
         self._stage_channels = [-1] * len(streams)
 
@@ -165,8 +178,8 @@ class Sequential1dStream(BaseStream):
                 f"{self._label} contains a softmax over dim=1, which is time for an unbatched "
                 "[C, T] block; stream [B, C, T] blocks or use dim=-2."
             )
-        self._rank = x.dim()
-        self._batch = x.shape[0] if x.dim() == 3 else -1
+        if final and not torch.jit.is_scripting():
+            self._check_end(self._seen + x.shape[-1])
         y: Optional[Tensor] = x
         # TorchScript unrolls this loop, so it cannot `break`: stages after one that gave
         # nothing are skipped, except that final=True still flushes those that saw blocks
@@ -186,6 +199,10 @@ class Sequential1dStream(BaseStream):
                 stream.reset()  # type: ignore[operator]
         if final:
             self.reset()
+        else:  # recorded only once every stage has taken the block
+            self._rank = x.dim()
+            self._batch = x.shape[0] if x.dim() == 3 else -1
+            self._seen += x.shape[-1]
         return y
 
     @torch.jit.export
@@ -193,6 +210,7 @@ class Sequential1dStream(BaseStream):
         """Drop the signal in progress in every layer."""
         self._rank = 0
         self._batch = -1
+        self._seen = 0
         for i, stream in enumerate(self.streams):
             stream.reset()  # type: ignore[operator]
             self._stage_channels[i] = -1
@@ -204,6 +222,16 @@ class Sequential1dStream(BaseStream):
             if reference is not None:
                 return reference
         return None
+
+    @torch.jit.unused
+    def _check_end(self, total: int) -> None:
+        """Ask every stage whether the signal can end, before any stage changes state."""
+        for stream in self.streams:
+            stream._check_end(total)  # type: ignore[operator]
+            try:
+                total = stream.output_length(total)  # type: ignore[operator]
+            except NotImplementedError:  # a registered stream that does not tell
+                return
 
     @torch.jit.unused
     def output_length(self, n: int) -> int:
@@ -336,3 +364,7 @@ class Residual1dStream(BaseStream):
     @torch.jit.unused
     def output_length(self, n: int) -> int:
         return self.stream.output_length(n)
+
+    @torch.jit.unused
+    def _check_end(self, total: int) -> None:
+        self.stream._check_end(total)

@@ -164,7 +164,7 @@ class ConvTranspose1dStream(LeafStream):
 
     _state_tensors = ("_context",)
     _context: Tensor
-    _state_ints = ("_rank", "_batch", "_fill", "_seen", "_emitted")
+    _state_ints = ("_rank", "_batch", "_channels", "_fill", "_seen", "_emitted")
 
     def __init__(self, conv: nn.ConvTranspose1d, padding: str = "valid", *, path: str = "") -> None:
         _check_module(conv, nn.ConvTranspose1d, path)

@@ -77,9 +77,11 @@ class LeafStream(BaseStream):
         self._in_channels = in_channels
         self._rank = 0
         self._batch = -1
+        self._channels = -1  # channels of the signal in progress
 
     def forward(self, x: Tensor, final: bool = False) -> Optional[Tensor]:
-        check_block(self._label, x, self._in_channels, self._reference(), self._rank, self._batch)
+        channels = self._in_channels if self._in_channels >= 0 else self._channels
+        check_block(self._label, x, channels, self._reference(), self._rank, self._batch)
         batched = x.dim() == 3
         xb = x if batched else x.unsqueeze(0)
         self._check_final(xb, final)
@@ -87,6 +89,7 @@ class LeafStream(BaseStream):
             self._allocate(xb)
             self._rank = x.dim()
             self._batch = xb.shape[0]
+            self._channels = xb.shape[1]
         y = self._step(xb, final)
         if final:
             self.reset()
@@ -99,6 +102,7 @@ class LeafStream(BaseStream):
         """Drop the signal in progress; the next block starts a new signal."""
         self._rank = 0
         self._batch = -1
+        self._channels = -1
         self._reset_state()
 
     def _check_final(self, x: Tensor, final: bool) -> None:

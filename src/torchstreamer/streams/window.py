@@ -45,8 +45,8 @@ class WindowStream(LeafStream):
     _head: Tensor
     _tail: Tensor
     _state_ints = (
-        "_rank", "_batch", "_fill", "_skip", "_head_fill", "_tail_fill", "_started", "_seen",
-        "_emitted",
+        "_rank", "_batch", "_channels", "_fill", "_skip", "_head_fill", "_tail_fill", "_started",
+        "_seen", "_emitted",
     )  # fmt: skip
 
     def __init__(
@@ -125,8 +125,13 @@ class WindowStream(LeafStream):
         self._emitted = 0
 
     def _check_final(self, x: Tensor, final: bool) -> None:
-        if final and self._mode == "reflect":
-            total = self._seen + x.shape[-1]
+        if final:
+            self._check_end(self._seen + x.shape[-1])
+
+    @torch.jit.export
+    def _check_end(self, total: int) -> None:
+        """Raise if a signal of ``total`` samples cannot end here (too short to reflect)."""
+        if self._mode == "reflect":
             widest = max(self._left, self._right)
             if total > 0 and total <= widest:
                 raise StreamInputError(
@@ -141,9 +146,7 @@ class WindowStream(LeafStream):
             self._keep_tail(x)
         self._seen = total
         data = self._pad_start(x, final)
-        if final and total > 0:
-            if self._started == 0:  # an empty signal ending: nothing to pad
-                return None
+        if final and self._started == 1:  # (an empty signal with reflect padding never starts)
             data = torch.cat([data, self._pad_end(data, total)], -1)
         return self._windows(data, total if final else -1)
 

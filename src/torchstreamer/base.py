@@ -107,8 +107,8 @@ class BaseStream(nn.Module):
         """Restore a state from :meth:`get_state`, so the stream continues where it was.
 
         Raises:
-            StreamError: if names are missing or extra, or a tensor has another number of
-                dimensions, trailing shape, dtype or device than the stream's own state.
+            StreamError: if names are missing or extra, or a tensor has another dtype, number
+                of dimensions, channel count or device than the stream's own state.
         """
         own = self.get_state()
         missing = sorted(set(own) - set(state))
@@ -119,16 +119,19 @@ class BaseStream(nn.Module):
             )
         for key, value in state.items():
             current = own[key]
-            unallocated = current.dim() == 1 and current.numel() == 0  # no signal seen yet
-            if value.dtype != current.dtype or (value.dim() != current.dim() and not unallocated):
+            # a buffer is 1-d and empty until its layer sees a signal, then [B, C, length]
+            fresh = (current.dim() == 1 and current.numel() == 0) or (
+                value.dim() == 1 and value.numel() == 0
+            )
+            if value.dtype != current.dtype or (value.dim() != current.dim() and not fresh):
                 raise StreamError(
                     f"State '{key}' must be a {current.dim()}-d {current.dtype} tensor but is "
                     f"a {value.dim()}-d {value.dtype} tensor."
                 )
-            if not unallocated and current.numel() > 0 and value.shape[1:] != current.shape[1:]:
+            if not fresh and current.dim() == 3 and value.shape[1] != current.shape[1]:
                 raise StreamError(
-                    f"State '{key}' must have trailing shape {list(current.shape[1:])} but has "
-                    f"shape {list(value.shape)}."
+                    f"State '{key}' must have {current.shape[1]} channels (dim 1) but has shape "
+                    f"{list(value.shape)}."
                 )
             if value.device != current.device and key.rsplit(".", 1)[-1] in _tensor_names(self):
                 raise StreamError(

@@ -16,6 +16,7 @@ Example:
 
 from torchstreamer.base import BaseStream
 from torchstreamer.errors import NotStreamableError, StreamError, StreamInputError
+from torchstreamer.graph.stream import GraphStream, stream
 from torchstreamer.streams.containers import Residual1d, Residual1dStream, Sequential1dStream
 from torchstreamer.streams.conv import Conv1dStream, ConvTranspose1dStream
 from torchstreamer.streams.elementwise import Elementwise1dStream
@@ -28,6 +29,7 @@ __all__ = [
     "Conv1dStream",
     "ConvTranspose1dStream",
     "Elementwise1dStream",
+    "GraphStream",
     "NotStreamableError",
     "Pad1dStream",
     "Pool1dStream",
@@ -38,6 +40,7 @@ __all__ = [
     "StreamInputError",
     "create_stream",
     "register_streamer",
+    "stream",
     "unregister_streamer",
 ]
 

@@ -266,7 +266,7 @@ class Residual1dStream(BaseStream):
 
     _state_tensors = ("_skip",)
     _skip: Tensor
-    _state_ints = ("_rank", "_batch", "_fill", "_drop")
+    _state_ints = ("_rank", "_batch", "_channels", "_fill", "_drop")
 
     def __init__(
         self,
@@ -301,15 +301,22 @@ class Residual1dStream(BaseStream):
                 "alignment; keep the inner network's total stride at 1."
             )
         self._trim = trims.pop()
+        if self._trim < 0:
+            raise NotStreamableError(
+                f"{self._label}: its inner network lengthens the signal by {-self._trim} "
+                "samples, so the residual cannot be added to it; crop the inner output."
+            )
         self._crop_left = residual_crop(self._trim)[0]
         self.register_buffer("_skip", torch.zeros(0), persistent=False)
         self._rank = 0
         self._batch = -1
+        self._channels = -1
         self._fill = 0
         self._drop = self._crop_left
 
     def forward(self, x: Tensor, final: bool = False) -> Optional[Tensor]:
-        check_block(self._label, x, self._in_channels, self._reference(), self._rank, self._batch)
+        channels = self._in_channels if self._in_channels >= 0 else self._channels
+        check_block(self._label, x, channels, self._reference(), self._rank, self._batch)
         batched = x.dim() == 3
         xb = x if batched else x.unsqueeze(0)
         if self._rank == 0:
@@ -318,6 +325,7 @@ class Residual1dStream(BaseStream):
             )
             self._rank = x.dim()
             self._batch = xb.shape[0]
+            self._channels = xb.shape[1]
         y = self.stream(x, final)
         if self._drop > 0:
             dropped = min(self._drop, xb.shape[-1])
@@ -341,8 +349,8 @@ class Residual1dStream(BaseStream):
     def _keep(self, skip: Tensor) -> None:
         """Keep the inputs still waiting for their inner outputs (grows only while warming up)."""
         if skip.shape[-1] > self._skip.shape[-1]:
-            self._skip = torch.cat([self._skip, torch.zeros_like(skip)], -1)
-        self._skip[:, :, : skip.shape[-1]].copy_(skip)
+            self._skip = torch.cat([self._skip, torch.zeros_like(skip).detach()], -1)
+        self._skip[:, :, : skip.shape[-1]].copy_(skip.detach())
         self._fill = skip.shape[-1]
 
     @torch.jit.export
@@ -351,6 +359,7 @@ class Residual1dStream(BaseStream):
         self.stream.reset()
         self._rank = 0
         self._batch = -1
+        self._channels = -1
         self._fill = 0
         self._drop = self._crop_left
 

@@ -257,7 +257,7 @@ class ConvTranspose1dStream(LeafStream):
             self._emitted = end
         keep = min(self._context_cap, data.shape[-1])
         if keep > 0:
-            self._context[:, :, :keep].copy_(data[:, :, data.shape[-1] - keep :])
+            self._context[:, :, :keep].copy_(data[:, :, data.shape[-1] - keep :].detach())
         self._fill = keep
         self._seen = total
         return y

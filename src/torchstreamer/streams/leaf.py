@@ -122,6 +122,9 @@ def fit_buffer(buffer: Tensor, like: Tensor, channels: int, length: int) -> Tens
     """``buffer`` if it is already ``[B, channels, length]`` with ``like``'s dtype and device,
     else a new zero buffer of that shape (state is resized only when a signal starts)."""
     batch = like.shape[0]
+    if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript skips only this exact test)
+        if buffer.is_inference() and not torch.is_inference_mode_enabled():
+            buffer = buffer.new_empty(0)  # made under torch.inference_mode(): not writable now
     if (
         buffer.dim() == 3
         and buffer.shape[0] == batch

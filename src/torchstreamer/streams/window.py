@@ -155,7 +155,7 @@ class WindowStream(LeafStream):
     def _keep_tail(self, x: Tensor) -> None:
         joined = torch.cat([self._tail[:, :, : self._tail_fill], x], -1)
         keep = min(self._tail_cap, joined.shape[-1])
-        self._tail[:, :, :keep].copy_(joined[:, :, joined.shape[-1] - keep :])
+        self._tail[:, :, :keep].copy_(joined[:, :, joined.shape[-1] - keep :].detach())
         self._tail_fill = keep
 
     def _pad_start(self, x: Tensor, final: bool) -> Tensor:
@@ -172,7 +172,7 @@ class WindowStream(LeafStream):
             return torch.cat([pad, x], -1)
         head = torch.cat([self._head[:, :, : self._head_fill], x], -1)
         if head.shape[-1] < self._head_cap and not (final and head.shape[-1] > 0):
-            self._head[:, :, : head.shape[-1]].copy_(head)
+            self._head[:, :, : head.shape[-1]].copy_(head.detach())
             self._head_fill = head.shape[-1]
             return head[:, :, :0]
         self._started = 1
@@ -224,6 +224,6 @@ class WindowStream(LeafStream):
             self._fill = 0
         else:
             rest = data[:, :, consumed:]
-            self._pending[:, :, : rest.shape[-1]].copy_(rest)
+            self._pending[:, :, : rest.shape[-1]].copy_(rest.detach())
             self._fill = rest.shape[-1]
         return y

@@ -1,0 +1,1 @@
+"""Graph streaming: stream any model that ``torch.export`` can capture (work in progress)."""

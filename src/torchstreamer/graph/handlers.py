@@ -1,0 +1,442 @@
+"""Streaming handlers of ATen ops: each takes the blocks of its time inputs and returns a block.
+
+Every time-carrying value in a graph stream is a block: the next samples of that node's output,
+in order, starting at index 0 of the offline output (possibly 0 samples long). Ops that act on
+each time step alone apply to blocks directly; ops with several time inputs align them by index
+(as the offline model does) and keep the samples of the input that runs ahead; window ops reuse
+the module streams.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable, Optional
+
+import sympy
+import torch
+from torch import Tensor, fx, nn
+
+from torchstreamer.base import BaseStream
+from torchstreamer.graph.analysis import refuse, same_lengths, time_axis, time_length
+from torchstreamer.streams.conv import Conv1dStream, ConvTranspose1dStream
+from torchstreamer.streams.padding import Pad1dStream
+from torchstreamer.streams.pool import Pool1dStream
+
+__all__ = ["Handler", "build_handler"]
+
+aten = torch.ops.aten
+
+# ops that act on each time step alone whatever their other arguments
+_ELEMENTWISE = {
+    aten.relu.default, aten.gelu.default, aten.silu.default, aten.tanh.default,
+    aten.sigmoid.default, aten.elu.default, aten.leaky_relu.default, aten.hardtanh.default,
+    aten.hardswish.default, aten.hardsigmoid.default, aten.mish.default, aten.softplus.default,
+    aten.abs.default, aten.neg.default, aten.exp.default, aten.log.default, aten.sin.default,
+    aten.cos.default, aten.sqrt.default, aten.rsqrt.default, aten.clamp.default,
+    aten.clamp_min.default, aten.clamp_max.default, aten.pow.Tensor_Scalar, aten.prelu.default,
+    aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor, aten.where.self,
+    aten.maximum.default, aten.minimum.default, aten.dropout.default, aten.alias.default,
+    aten.clone.default, aten.contiguous.default, aten.detach.default, aten.to.dtype,
+    aten.leaky_relu_.default, aten.relu_.default, aten.add.Scalar, aten.mul.Scalar,
+    aten.sub.Scalar, aten.div.Scalar, aten.rsub.Scalar, aten.reciprocal.default,
+    aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default,
+    aten.zeros_like.default, aten.ones_like.default, aten.full_like.default, operator.getitem,
+}  # fmt: skip
+# ops with a `dim` argument (position 1) that act per time step when it is not time
+_OVER_DIM = {
+    aten.softmax.int, aten._softmax.default, aten.log_softmax.int, aten._log_softmax.default,
+    aten.glu.default, aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default,
+    aten.cat.default, aten.stack.default, aten.unsqueeze.default, aten.squeeze.dim,
+    aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.amin.default,
+    aten.cumsum.default, aten.transpose.int, aten.permute.default, aten.slice.Tensor,
+    aten.select.int,
+}  # fmt: skip
+
+
+class Handler(nn.Module):
+    """Streams one node: ``step(args, final)`` with blocks in place of its time inputs."""
+
+    def step(self, args: list[Any], final: bool) -> Any:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Drop the signal in progress."""
+
+
+def _time_inputs(node: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg(
+        (node.args, node.kwargs),
+        lambda n: (
+            found.append(n)
+            if time_axis(n) is not None or isinstance(n.meta.get("val"), (list, tuple))
+            else None
+        ),
+    )
+    return found
+
+
+class Aligned(Handler):
+    """Applies an op to the time-aligned samples of its inputs (one or several time inputs).
+
+    With one time input the op runs on each block as it comes. With several, each input's
+    samples wait in a buffer until every input has them: output ``j`` combines sample ``j`` of
+    every input, as the offline op does.
+    """
+
+    def __init__(
+        self, op: Callable[..., Any], positions: list[tuple[int, ...]], axes: list[int]
+    ) -> None:
+        super().__init__()
+        self.op = op
+        self.positions = positions  # where each time input sits in the flattened arguments
+        self.axes = axes
+        self.pending: list[Optional[Tensor]] = [None] * len(positions)
+
+    def reset(self) -> None:
+        self.pending = [None] * len(self.positions)
+
+    def step(self, args: list[Any], final: bool) -> Any:
+        if len(self.positions) == 1:
+            return self.op(*args)
+        blocks = [_get(args, p) for p in self.positions]
+        joined = []
+        for i, block in enumerate(blocks):
+            held = self.pending[i]
+            joined.append(block if held is None else torch.cat([held, block], self.axes[i]))
+        ready = min(b.shape[a] for b, a in zip(joined, self.axes))
+        for i, (block, axis) in enumerate(zip(joined, self.axes)):
+            self.pending[i] = block.narrow(axis, ready, block.shape[axis] - ready)
+            args = _set(args, self.positions[i], block.narrow(axis, 0, ready))
+        if final:
+            self.reset()
+        return self.op(*args)
+
+
+def _get(args: Any, position: tuple[int, ...]) -> Any:
+    for index in position:
+        args = args[index]
+    return args
+
+
+def _set(args: Any, position: tuple[int, ...], value: Any) -> Any:
+    if not position:
+        return value
+    head, rest = position[0], position[1:]
+    items = list(args)
+    items[head] = _set(items[head], rest, value)
+    return type(args)(items) if isinstance(args, tuple) else items
+
+
+class TimeSlice(Handler):
+    """``x[..., start : length - right]`` on the time axis: skips ``start`` samples and holds the
+    last ``right`` back until the signal ends (they exist only if more samples come)."""
+
+    def __init__(self, axis: int, start: int, right: int) -> None:
+        super().__init__()
+        self.axis, self.start, self.right = axis, start, right
+        self.skip = start
+        self.held: Optional[Tensor] = None
+
+    def reset(self) -> None:
+        self.skip, self.held = self.start, None
+
+    def step(self, args: list[Any], final: bool) -> Any:
+        block = args[0]
+        if self.skip > 0:
+            drop = min(self.skip, block.shape[self.axis])
+            block = block.narrow(self.axis, drop, block.shape[self.axis] - drop)
+            self.skip -= drop
+        if self.held is not None:
+            block = torch.cat([self.held, block], self.axis)
+        keep = min(self.right, block.shape[self.axis])
+        out = block.narrow(self.axis, 0, block.shape[self.axis] - keep)
+        self.held = block.narrow(self.axis, block.shape[self.axis] - keep, keep)
+        if final:
+            self.reset()
+        return out
+
+
+class ModuleStreamHandler(Handler):
+    """A window op (convolution, padding, pooling) streamed by its module stream.
+
+    The module is rebuilt from the op's arguments; its weights are set from the graph's current
+    parameters on every call, so the stream follows weight updates.
+    """
+
+    def __init__(
+        self, stream: BaseStream, holder: nn.Module, weights: tuple[int, ...], channels: int
+    ) -> None:
+        super().__init__()
+        self.stream = stream
+        self.holder = holder
+        self.weights = weights
+        self.channels = channels
+
+    def reset(self) -> None:
+        self.stream.reset()
+
+    def step(self, args: list[Any], final: bool) -> Any:
+        for name, index in zip(("weight", "bias"), self.weights):
+            setattr(self.holder, name, args[index] if index < len(args) else None)
+        y = self.stream(args[0], final)
+        if y is None:
+            shape = list(args[0].shape)
+            shape[-2], shape[-1] = self.channels, 0
+            return args[0].new_zeros(shape)
+        return y
+
+
+def _plain(holder: nn.Module) -> nn.Module:
+    for name in ("weight", "bias"):
+        if name in holder._parameters:
+            del holder._parameters[name]
+            setattr(holder, name, None)
+    return holder
+
+
+def _ints(value: Any, default: int) -> int:
+    if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
+        return default
+    return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
+
+
+def _window_handler(node: fx.Node, axis: int) -> Optional[Handler]:
+    target = node.target
+    args: list[Any] = [*node.args, *([None] * 10)]
+    if not isinstance(node.args[0], fx.Node):
+        return None
+    rank = node.args[0].meta["val"].dim()
+    if target in (
+        aten.conv1d.default,
+        aten.conv1d.padding,
+        aten.convolution.default,
+        aten.conv_transpose1d.default,
+    ):
+        if axis != rank - 1:
+            raise refuse(node, "the convolution's time axis is not the last one")
+        weight = args[1].meta["val"]
+        transposed = target is aten.conv_transpose1d.default or (
+            target is aten.convolution.default and bool(args[6])
+        )
+        if target is aten.convolution.default:
+            stride, padding, dilation, output_padding, groups = (
+                args[3],
+                args[4],
+                args[5],
+                args[7],
+                args[8],
+            )
+        elif transposed:
+            stride, padding, output_padding, groups, dilation = (
+                args[3],
+                args[4],
+                args[5],
+                args[6],
+                args[7],
+            )
+        else:
+            stride, padding, dilation, groups, output_padding = (
+                args[3],
+                args[4],
+                args[5],
+                args[6],
+                None,
+            )
+        groups = int(groups) if groups is not None else 1
+        kernel = int(weight.shape[-1])
+        bias = args[2] is not None
+        if transposed:
+            holder: nn.Module = nn.ConvTranspose1d(
+                int(weight.shape[0]), int(weight.shape[1]) * groups, kernel, _ints(stride, 1),
+                _ints(padding, 0), _ints(output_padding, 0), groups, bias, _ints(dilation, 1),
+            )  # fmt: skip
+            stream: BaseStream = ConvTranspose1dStream(_plain(holder), "model")  # type: ignore[arg-type]
+            channels = int(weight.shape[1]) * groups
+        else:
+            pad = padding if isinstance(padding, str) else _ints(padding, 0)
+            holder = nn.Conv1d(
+                int(weight.shape[1]) * groups, int(weight.shape[0]), kernel, _ints(stride, 1), pad,
+                _ints(dilation, 1), groups, bias,
+            )  # fmt: skip
+            stream = Conv1dStream(_plain(holder), "model")  # type: ignore[arg-type]
+            channels = int(weight.shape[0])
+        return ModuleStreamHandler(stream, holder, (1, 2), channels)
+    if target in (aten.pad.default, aten.constant_pad_nd.default):
+        pads = [int(p) for p in args[1]]
+        sides = (pads[0], pads[1])
+        mode = args[2] if target is aten.pad.default and args[2] is not None else "constant"
+        value = args[3] if target is aten.pad.default else args[2]
+        if axis != rank - 1 or any(pads[2:]):
+            raise refuse(node, "it pads axes other than time", "pad only the last (time) axis")
+        if mode not in ("constant", "reflect", "replicate"):
+            raise refuse(
+                node,
+                f"{mode} padding wraps the end of the signal to its start",
+                "use reflect, replicate or constant padding",
+            )
+        pad_module: nn.Module
+        if mode == "constant":
+            pad_module = nn.ConstantPad1d(sides, float(value or 0.0))
+        elif mode == "reflect":
+            pad_module = nn.ReflectionPad1d(sides)
+        else:
+            pad_module = nn.ReplicationPad1d(sides)
+        channels = int(node.meta["val"].shape[-2])
+        return ModuleStreamHandler(Pad1dStream(pad_module, "model"), pad_module, (), channels)
+    if target is aten.avg_pool1d.default:
+        if axis != rank - 1:
+            raise refuse(node, "the pool's time axis is not the last one")
+        kernel = _ints(args[1], 1)
+        pool = nn.AvgPool1d(
+            kernel,
+            _ints(args[2], kernel),
+            _ints(args[3], 0),
+            bool(args[4] or False),
+            True if args[5] is None else bool(args[5]),
+        )
+        channels = int(node.meta["val"].shape[-2])
+        return ModuleStreamHandler(Pool1dStream(pool, "model"), pool, (), channels)
+    return None
+
+
+def _flat_positions(node: fx.Node) -> tuple[list[tuple[int, ...]], list[int]]:
+    positions: list[tuple[int, ...]] = []
+    axes: list[int] = []
+    for i, arg in enumerate(node.args):
+        items = [(i,)] if not isinstance(arg, (list, tuple)) else [(i, j) for j in range(len(arg))]
+        for position in items:
+            value = arg if len(position) == 1 else arg[position[1]]  # type: ignore[index]
+            if isinstance(value, fx.Node):
+                axis = time_axis(value)
+                if axis is not None:
+                    positions.append(position)
+                    axes.append(axis)
+                elif isinstance(value.meta.get("val"), (list, tuple)):
+                    positions.append(position)
+                    axes.append(-1)
+    return positions, axes
+
+
+def _check_dim_argument(node: fx.Node, axis_in: int) -> None:
+    """Ops over a ``dim``: refuse when that dim is time."""
+    target = node.target
+    a: list[Any] = list(node.args)
+    first = a[0][0] if isinstance(a[0], (list, tuple)) else a[0]
+    value = first.meta["val"]
+    rank = value.dim() if isinstance(value, Tensor) else 0
+    if target in (aten.cat.default, aten.stack.default):
+        rank = a[0][0].meta["val"].dim()
+        dims = [a[1] if len(a) > 1 else 0]
+        if target is aten.stack.default:
+            rank += 1
+    elif target is aten.permute.default:
+        if list(a[1]).index(axis_in) is None:
+            return
+        return
+    elif target is aten.transpose.int:
+        return
+    elif target is aten.slice.Tensor:
+        dims = [a[1] if len(a) > 1 else 0]
+    elif target in (aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.amin.default):
+        dims = list(a[1]) if len(a) > 1 and a[1] is not None else list(range(rank))
+    elif target in (aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default):
+        dims = [a[2] if len(a) > 2 else 0]
+    elif target is aten.unsqueeze.default:
+        return
+    else:
+        dims = [a[1] if len(a) > 1 else -1]
+    for dim in dims:
+        if int(dim) % rank == axis_in:
+            raise refuse(
+                node, "it acts along the time axis, so its outputs depend on the whole signal"
+            )
+
+
+def build_handler(node: fx.Node) -> Handler:
+    """The handler of a node with at least one time input; refuses ops it cannot stream."""
+    inputs = _time_inputs(node)
+    axis_in = next((a for a in (time_axis(n) for n in inputs) if a is not None), -1)
+    window = _window_handler(node, axis_in) if axis_in >= 0 else None
+    if window is not None:
+        return window
+    target = node.target
+    rank = (
+        node.args[0].meta["val"].dim()
+        if isinstance(node.args[0], fx.Node) and isinstance(node.args[0].meta.get("val"), Tensor)
+        else 0
+    )
+    if target is aten.linear.default:
+        if axis_in == rank - 1:
+            raise refuse(
+                node,
+                "Linear acts on the last axis, which is time here",
+                "transpose so that channels are last, as a per-step Linear needs",
+            )
+        return Aligned(lambda *a: target(*a), *_flat_positions(node))
+    if target is aten.layer_norm.default:
+        normalized: Any = node.args[1]
+        if axis_in >= rank - len(normalized):
+            raise refuse(
+                node,
+                "it normalises over the time axis",
+                "normalise over channels per time step (transpose so that channels are last)",
+            )
+        return Aligned(lambda *a: target(*a), *_flat_positions(node))
+    if (target is aten.batch_norm.default and node.args[5]) or (
+        target is aten.dropout.default and node.args[2]
+    ):
+        raise refuse(node, "it runs in training mode", "call model.eval() before streaming")
+    if target is aten.slice.Tensor and axis_in >= 0:
+        dim = int(node.args[1]) if len(node.args) > 1 else 0  # type: ignore[arg-type]
+        if dim % node.args[0].meta["val"].dim() == axis_in:  # type: ignore[union-attr]
+            return _time_slice(node, axis_in)
+    if target in _OVER_DIM:
+        _check_dim_argument(node, axis_in)
+    elif target not in _ELEMENTWISE:
+        raise refuse(node, "the op is not one that graph streams support yet")
+    timed = [n for n in inputs if time_axis(n) is not None]
+    lengths = {str(time_length(n)) for n in timed}
+    if not same_lengths(timed):
+        raise refuse(
+            node,
+            f"its inputs have different lengths ({', '.join(sorted(lengths))}), so they "
+            "cannot be aligned step by step",
+        )
+    positions, axes = _flat_positions(node)
+    kwargs = dict(node.kwargs)
+
+    def op(*args: Any) -> Any:
+        return target(*args, **kwargs)  # type: ignore[operator]
+
+    return Aligned(op, positions, axes)
+
+
+def _time_slice(node: fx.Node, axis: int) -> Handler:
+    a: list[Any] = list(node.args)
+    source = a[0]
+    assert isinstance(source, fx.Node)
+    length = time_length(source)
+    step = a[4] if len(a) > 4 else 1
+    if step != 1:
+        raise refuse(node, "it takes every n-th time step", "resample with a strided convolution")
+
+    def offset(value: Any, default: Any) -> Any:
+        if value is None:
+            return default
+        if isinstance(value, fx.Node):
+            return value.meta["val"].node.expr
+        value = int(value)
+        if value >= 2**62:
+            return length
+        return length + value if value < 0 else sympy.Integer(value)
+
+    start = sympy.simplify(offset(a[2] if len(a) > 2 else None, sympy.Integer(0)))
+    right = sympy.simplify(length - offset(a[3] if len(a) > 3 else None, length))
+    if not (start.is_Integer and right.is_Integer and start >= 0 and right >= 0):
+        raise refuse(
+            node,
+            f"it keeps time steps {start} to the length minus {right}, which are not fixed "
+            "offsets from both ends",
+        )
+    return TimeSlice(axis, int(start), int(right))

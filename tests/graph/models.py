@@ -1,0 +1,122 @@
+"""A zoo of model shapes that real streaming users run, small enough for tests."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torchstreamer as pts
+
+weight_norm = nn.utils.parametrizations.weight_norm
+
+
+class GatedWaveNet(nn.Module):
+    """Dilated causal convs, tanh*sigmoid over a channel split, residual and skip sums."""
+
+    def __init__(self, channels: int = 4, layers: int = 3) -> None:
+        super().__init__()
+        self.inp = nn.Conv1d(1, channels, 1)
+        self.dilated = nn.ModuleList(
+            nn.Conv1d(channels, 2 * channels, 2, dilation=2**i) for i in range(layers)
+        )
+        self.res = nn.ModuleList(nn.Conv1d(channels, channels, 1) for _ in range(layers))
+        self.out = nn.Conv1d(channels, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        skip = torch.zeros_like(h)
+        for i, (dilated, res) in enumerate(zip(self.dilated, self.res)):
+            z = dilated(F.pad(h, (2**i, 0)))  # causal: pad on the left only
+            a, b = z.chunk(2, dim=1)
+            g = torch.tanh(a) * torch.sigmoid(b)
+            h = h + res(g)
+            skip = skip + g
+        return self.out(F.relu(skip))
+
+
+class HifiGanShaped(nn.Module):
+    """Weight-normed convs, transposed-conv upsampling, dilated residual blocks ('same')."""
+
+    def __init__(self, channels: int = 8) -> None:
+        super().__init__()
+        self.pre = weight_norm(nn.Conv1d(2, channels, 7, padding=3))
+        self.up = weight_norm(nn.ConvTranspose1d(channels, channels // 2, 4, stride=2, padding=1))
+        self.blocks = nn.ModuleList(
+            weight_norm(nn.Conv1d(channels // 2, channels // 2, 3, dilation=d, padding="same"))
+            for d in (1, 3)
+        )
+        self.post = weight_norm(nn.Conv1d(channels // 2, 1, 7, padding=3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.up(F.leaky_relu(self.pre(x), 0.1))
+        for conv in self.blocks:
+            x = conv(F.leaky_relu(x, 0.1)) + x
+        return torch.tanh(self.post(F.leaky_relu(x)))
+
+
+class WaveUNet(nn.Module):
+    """Strided encoder, skip concatenations, transposed decoder, reflect padding."""
+
+    def __init__(self, channels: int = 4) -> None:
+        super().__init__()
+        self.enc1 = nn.Conv1d(1, channels, 4, stride=2, padding=1)
+        self.enc2 = nn.Conv1d(channels, channels, 4, stride=2, padding=1)
+        self.dec2 = nn.ConvTranspose1d(channels, channels, 4, stride=2, padding=1)
+        self.dec1 = nn.ConvTranspose1d(2 * channels, channels, 4, stride=2, padding=1)
+        self.out = nn.Conv1d(channels + 1, 1, 5, padding=2, padding_mode="reflect")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = F.relu(self.enc1(x))
+        e2 = F.relu(self.enc2(e1))
+        d2 = F.relu(self.dec2(e2))
+        d1 = F.relu(self.dec1(torch.cat([d2, e1], dim=1)))
+        return self.out(torch.cat([d1, x], dim=1))
+
+
+class TcnWithLayerNorm(nn.Module):
+    """Causal TCN block with LayerNorm and Linear over channels via transposes."""
+
+    def __init__(self, channels: int = 6) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, 3, dilation=2)
+        self.norm = nn.LayerNorm(channels)
+        self.proj = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(F.pad(x, (4, 0)))
+        h = self.proj(self.norm(h.transpose(1, 2))).transpose(1, 2)
+        return x + F.gelu(h)
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv1d(2, 3, 3)
+        self.b = nn.Conv1d(2, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.a(x), self.b(x)[..., 1:-1]
+
+
+def seed_sequential() -> nn.Sequential:
+    """The original overview's sequential network, 16 channels."""
+    return nn.Sequential(
+        nn.Conv1d(1, 16, 1), nn.GELU(), nn.Conv1d(16, 16, 2, stride=2), nn.GELU(),
+        nn.Conv1d(16, 16, 2, stride=2), nn.AvgPool1d(2), nn.ConvTranspose1d(16, 16, 2, stride=2),
+        nn.GELU(), nn.ConvTranspose1d(16, 16, 2, stride=2), nn.GELU(), nn.Conv1d(16, 1, 1),
+    )  # fmt: skip
+
+
+def seed_residual() -> nn.Sequential:
+    """The original overview's residual network, 16 channels."""
+    return nn.Sequential(
+        nn.Conv1d(1, 16, 1),
+        *[
+            pts.Residual1d(
+                nn.Sequential(nn.GELU(), nn.Conv1d(16, 32, 3), nn.GELU(), nn.Conv1d(32, 16, 1))
+            )
+            for _ in range(3)
+        ],
+        nn.Conv1d(16, 1, 1),
+    )

@@ -131,3 +131,24 @@ def test_set_state_checks_names_shapes_and_dtypes() -> None:
         stream.set_state({**state, "_pending": torch.zeros(1, 3, 2)})
     with pytest.raises(pts.StreamError, match=r"torch\.float32"):
         stream.set_state({**state, "_pending": state["_pending"].double()})
+
+
+def test_state_carries_no_autograd_history() -> None:
+    # streaming without no_grad must not chain a graph through the state, call after call
+    net = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Conv1d(2, 1, 3))
+    stream = pts.Sequential1dStream(net)
+    for _ in range(50):
+        stream(torch.randn(1, 1))
+    for name, buffer in stream.named_buffers():
+        assert buffer.grad_fn is None, name
+        assert not buffer.requires_grad, name
+
+
+def test_a_signal_streamed_in_inference_mode_does_not_block_the_next_one() -> None:
+    conv = nn.Conv1d(1, 1, 3)
+    stream = pts.Conv1dStream(conv)
+    x = torch.randn(1, 9)
+    with torch.inference_mode():
+        stream(x, final=True)
+    with torch.no_grad():
+        assert_matches(run_stream(stream, x, [4]), conv(x))

@@ -201,3 +201,17 @@ def test_empty_sequential_is_an_identity() -> None:
 def test_sequential_requires_a_sequential() -> None:
     with pytest.raises(TypeError, match=r"use torchstreamer\.create_stream"):
         pts.Sequential1dStream(nn.Conv1d(1, 1, 1))  # type: ignore[arg-type]
+
+
+def test_residual_checks_channels_mid_signal_when_its_layers_accept_any() -> None:
+    stream = pts.Residual1dStream(pts.Residual1d(nn.Tanh()))
+    x = torch.randn(3, 8)
+    head = stream(x[:, :2])
+    with pytest.raises(pts.StreamInputError, match="expects 3 channels"):
+        stream(torch.randn(4, 3))
+    assert_matches(torch.cat([head, stream(x[:, 2:], final=True)], -1), x + torch.tanh(x))
+
+
+def test_residual_whose_inner_lengthens_the_signal_is_refused() -> None:
+    with pytest.raises(pts.NotStreamableError, match="lengthens the signal by 2 samples"):
+        pts.Residual1dStream(pts.Residual1d(nn.ConvTranspose1d(2, 2, 3)))

@@ -120,3 +120,30 @@ def seed_residual() -> nn.Sequential:
         ],
         nn.Conv1d(16, 1, 1),
     )
+
+
+class ConvRecurrent(nn.Module):
+    """Conv front end, max pool, a recurrent layer over time, conv head."""
+
+    def __init__(self, kind: type[nn.RNNBase] = nn.GRU) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 4, 3, padding=1)
+        self.pool = nn.MaxPool1d(2)
+        self.rnn = kind(4, 5, num_layers=2, batch_first=True)
+        self.out = nn.Conv1d(5, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool(torch.relu(self.conv(x)))
+        y, _ = self.rnn(h.transpose(1, 2))
+        return self.out(y.transpose(1, 2))
+
+
+class TimeMajorLstm(nn.Module):
+    """An LSTM fed [T, B, F] (batch_first=False)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rnn(x.permute(2, 0, 1))[0].permute(1, 2, 0)

@@ -34,6 +34,9 @@ ZOO = {
     "tcn": (models.TcnWithLayerNorm, [2, 6, 70]),
     "seed_sequential": (models.seed_sequential, [1, 1, 64]),
     "seed_residual": (models.seed_residual, [1, 1, 64]),
+    "conv_gru": (models.ConvRecurrent, [2, 2, 64]),
+    "conv_lstm": (lambda: models.ConvRecurrent(nn.LSTM), [1, 2, 64]),
+    "time_major_lstm": (models.TimeMajorLstm, [2, 3, 40]),
 }
 
 
@@ -123,20 +126,50 @@ def test_flip_is_refused() -> None:
         pts.stream(Flip(), torch.randn(1, 2, 32))
 
 
-def test_recurrent_layer_capture_is_refused_clearly() -> None:
-    class Rnn(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rnn = nn.GRU(2, 2, batch_first=True)
-
+def test_reshape_over_time_is_refused_with_its_source_line() -> None:
+    class Flatten(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.rnn(x.transpose(1, 2))[0].transpose(1, 2)
+            return x.reshape(x.shape[0], -1)[:, :8].unsqueeze(1)
 
-    with pytest.raises(pts.NotStreamableError, match="recurrent layers"):
-        pts.stream(Rnn(), torch.randn(1, 2, 32))
+    with pytest.raises(pts.NotStreamableError, match=r"aten\.reshape\.default, at test_stream\.py"):
+        pts.stream(Flatten(), torch.randn(1, 2, 32))
 
 
 def test_wrong_block_shape_is_refused() -> None:
     stream = pts.stream(models.GatedWaveNet().eval(), torch.randn(1, 1, 64))
     with pytest.raises(pts.StreamInputError, match=r"built for blocks shaped \[1, 1, T\]"):
         stream(torch.randn(1, 2, 5))
+
+
+def test_final_hidden_state_is_refused() -> None:
+    class UsesHidden(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(2, 2, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y, h = self.rnn(x.transpose(1, 2))
+            return y.transpose(1, 2) + h[-1].unsqueeze(-1)
+
+    with pytest.raises(pts.NotStreamableError, match="final hidden state"):
+        pts.stream(UsesHidden(), torch.randn(1, 2, 32))
+
+
+def test_bidirectional_recurrent_layer_is_refused() -> None:
+    class Bidirectional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(2, 2, batch_first=True, bidirectional=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x.transpose(1, 2))[0].transpose(1, 2)
+
+    with pytest.raises(pts.NotStreamableError, match=r"layer 'rnn' \(LSTM\): it is bidirectional"):
+        pts.stream(Bidirectional(), torch.randn(1, 2, 32))
+
+
+def test_leaves_are_restored_after_capture() -> None:
+    model = models.ConvRecurrent()
+    pts.stream(model, torch.randn(1, 2, 64))
+    assert isinstance(model.rnn, nn.GRU)
+    assert isinstance(model.pool, nn.MaxPool1d)

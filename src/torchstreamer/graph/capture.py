@@ -11,6 +11,7 @@ from torch import nn
 from torch.export import Dim, ExportedProgram, export
 
 from torchstreamer.errors import NotStreamableError
+from torchstreamer.graph.leaves import leaves_swapped
 
 __all__ = ["capture", "time_symbol"]
 
@@ -20,11 +21,15 @@ def time_symbol(value: object) -> bool:
     return isinstance(value, torch.SymInt) and bool(value.node.expr.free_symbols)
 
 
-def capture(model: nn.Module, example: torch.Tensor, axis: int) -> ExportedProgram:
+def capture(
+    model: nn.Module, example: torch.Tensor, axis: int
+) -> tuple[ExportedProgram, dict[str, nn.Module]]:
     """Export ``model`` on ``example`` with a dynamic length on ``axis``.
 
     Tries a named dimension first (export fails loudly if the model forces a length) and then
     ``Dim.AUTO``, which also accepts models whose lengths must be multiples of a stride product.
+    Recurrent layers and max pools are captured as opaque leaves (:mod:`.leaves`); the leaf
+    modules come back with the program, by path.
 
     Raises:
         NotStreamableError: the model cannot be captured, or only for the example's length.
@@ -34,7 +39,10 @@ def capture(model: nn.Module, example: torch.Tensor, axis: int) -> ExportedProgr
     errors = []
     for dim in (Dim("T", min=minimum), Dim.AUTO):
         try:
-            program = export(model, (example,), dynamic_shapes=({axis: dim},), strict=False)
+            with leaves_swapped(model) as leaves:
+                program = export(model, (example,), dynamic_shapes=({axis: dim},), strict=False)
+        except NotStreamableError:
+            raise
         except Exception as error:  # export raises many types; keep the message for the user
             errors.append(f"{type(error).__name__}: {str(error).splitlines()[0]}")
             continue
@@ -43,11 +51,11 @@ def capture(model: nn.Module, example: torch.Tensor, axis: int) -> ExportedProgr
             if n.op == "placeholder" and n.name in program.graph_signature.user_inputs
         )  # fmt: skip
         if time_symbol(placeholder.meta["val"].shape[axis]):
-            return program
+            return program, leaves
         errors.append("the captured graph only works for the example's length")
     raise NotStreamableError(
         f"torch.export could not capture {type(model).__name__} with a dynamic length on axis "
-        f"{axis} ({'; '.join(errors)}). Layers that force a fixed length (recurrent layers, "
-        "nn.MaxPool1d) are not yet supported by graph streams; stream an nn.Sequential with "
-        "Sequential1dStream, or register a streamer."
+        f"{axis} ({'; '.join(errors)}). An op that needs the whole length (a Linear or a "
+        "reshape over time, an adaptive pool...) forces it; stream the parts of the model "
+        "that act along time, or an nn.Sequential with Sequential1dStream."
     )

@@ -18,6 +18,7 @@ from torch import Tensor, fx, nn
 
 from torchstreamer.base import BaseStream
 from torchstreamer.graph.analysis import refuse, same_lengths, time_axis, time_length
+from torchstreamer.graph.leaves import LEAF_OP
 from torchstreamer.streams.conv import Conv1dStream, ConvTranspose1dStream
 from torchstreamer.streams.padding import Pad1dStream
 from torchstreamer.streams.pool import Pool1dStream
@@ -353,8 +354,70 @@ def _check_dim_argument(node: fx.Node, axis_in: int) -> None:
             )
 
 
-def build_handler(node: fx.Node) -> Handler:
+class RecurrentHandler(Handler):
+    """An ``nn.LSTM``/``nn.GRU``/``nn.RNN`` leaf: runs each block from the hidden state that the
+    previous block left, which is exactly how the layer runs over the whole signal."""
+
+    def __init__(self, rnn: nn.RNNBase) -> None:
+        super().__init__()
+        self.rnn = rnn
+        self.axis = 1 if rnn.batch_first else 0
+        self.hidden: Any = None
+
+    def reset(self) -> None:
+        self.hidden = None
+
+    def step(self, args: list[Any], final: bool) -> Any:
+        block = args[0]
+        if block.shape[self.axis] == 0:
+            width = (
+                self.rnn.proj_size if getattr(self.rnn, "proj_size", 0) else self.rnn.hidden_size
+            )
+            out = block.new_zeros([*block.shape[:-1], width])
+        else:
+            out, hidden = self.rnn(block, self.hidden)
+            self.hidden = (
+                tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
+            )
+        if final:
+            self.reset()
+        return [out, None, None]  # the final hidden states are refused when used
+
+
+class ListHandler(Handler):
+    """Wraps a handler whose op returns one tensor into the list a leaf returns."""
+
+    def __init__(self, inner: Handler) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def step(self, args: list[Any], final: bool) -> Any:
+        return [self.inner.step(args[:1], final)]
+
+
+def _leaf_handler(node: fx.Node, leaves: dict[str, nn.Module]) -> Handler:
+    module = leaves[str(node.args[1])]
+    for user in node.users:
+        used = user.target is operator.getitem and user.args[1] != 0 and len(user.users) > 0
+        if used or user.target is not operator.getitem:
+            raise refuse(
+                node, "the model uses the final hidden state, which exists only once the signal "
+                "ends", "use the per-step output (the layer's first result) only",
+            )  # fmt: skip
+    if isinstance(module, nn.RNNBase):
+        return RecurrentHandler(module)
+    channels = int(node.meta["val"][0].shape[-2])
+    stream = Pool1dStream(module, "model")  # type: ignore[arg-type]
+    return ListHandler(ModuleStreamHandler(stream, module, (), channels))
+
+
+def build_handler(node: fx.Node, leaves: Optional[dict[str, nn.Module]] = None) -> Handler:
     """The handler of a node with at least one time input; refuses ops it cannot stream."""
+    if node.target is LEAF_OP:
+        return _leaf_handler(node, leaves or {})
     inputs = _time_inputs(node)
     axis_in = next((a for a in (time_axis(n) for n in inputs) if a is not None), -1)
     window = _window_handler(node, axis_in) if axis_in >= 0 else None

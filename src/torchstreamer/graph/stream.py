@@ -28,7 +28,7 @@ class GraphStream(BaseStream):
         self.model = model
         self._axis = axis % example.dim()
         self._example_shape = list(example.shape)
-        program = capture(model, example, self._axis)
+        program, leaves = capture(model, example, self._axis)
         self._graph = program.graph
         signature = program.graph_signature
         self._sources: dict[str, str] = {
@@ -54,7 +54,7 @@ class GraphStream(BaseStream):
                 continue
             inputs = node.all_input_nodes
             if any(n.name in self._timed for n in inputs):
-                handlers[node.name] = build_handler(node)
+                handlers[node.name] = build_handler(node, leaves)
                 self._timed.add(node.name)
                 if any(n.name in self._symbolic for n in inputs) and not isinstance(
                     handlers[node.name], TimeSlice

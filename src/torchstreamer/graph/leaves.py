@@ -1,0 +1,129 @@
+"""Opaque leaves: modules that ``torch.export`` cannot capture with a dynamic length.
+
+``torch.export`` specialises the time length of ``nn.LSTM``/``nn.GRU``/``nn.RNN`` and
+``nn.MaxPool1d`` to the example's, so during the capture each of them is swapped for a
+:class:`Leaf` that calls one custom op, ``torchstreamer::leaf``. Its fake implementation gives
+the output shapes with a symbolic length; its real one calls the module. The graph then keeps
+the time length symbolic, and the leaf maps back to a streaming handler of the module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from torchstreamer.errors import NotStreamableError
+
+__all__ = ["LEAF_OP", "leaf_modules", "leaves_swapped"]
+
+_ACTIVE: dict[str, tuple[nn.Module, Callable[[Tensor], list[list[Any]]]]] = {}
+
+
+@torch.library.custom_op("torchstreamer::leaf", mutates_args=())
+def _leaf(x: Tensor, key: str) -> list[Tensor]:
+    module = _ACTIVE[key][0]
+    result = module(x)
+    parts = list(result) if isinstance(result, tuple) else [result]
+    flat: list[Tensor] = []
+    for part in parts:
+        flat.extend(part if isinstance(part, tuple) else [part])
+    return [t.clone() for t in flat]
+
+
+@_leaf.register_fake
+def _leaf_fake(x: Tensor, key: str) -> list[Tensor]:
+    return [x.new_empty(shape) for shape in _ACTIVE[key][1](x)]
+
+
+LEAF_OP = torch.ops.torchstreamer.leaf.default
+
+
+class Leaf(nn.Module):
+    """Stands in for a module during the capture; see the module docstring."""
+
+    def __init__(self, key: str, structure: str) -> None:
+        super().__init__()
+        self.key = key
+        self.structure = structure  # "tensor", "rnn" (output, h) or "lstm" (output, (h, c))
+
+    def forward(self, x: Tensor) -> Any:
+        parts = torch.ops.torchstreamer.leaf(x, self.key)
+        if self.structure == "tensor":
+            return parts[0]
+        if self.structure == "lstm":
+            return parts[0], (parts[1], parts[2])
+        return parts[0], parts[1]
+
+
+def _pool_shapes(pool: nn.MaxPool1d) -> Callable[[Tensor], list[list[Any]]]:
+    def shapes(x: Tensor) -> list[list[Any]]:
+        kernel, stride = int(pool.kernel_size), int(pool.stride)  # type: ignore[arg-type]
+        padding, dilation = int(pool.padding), int(pool.dilation)  # type: ignore[arg-type]
+        length = (x.shape[-1] + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+        return [[*x.shape[:-1], length]]
+
+    return shapes
+
+
+def _rnn_shapes(rnn: nn.RNNBase) -> Callable[[Tensor], list[list[Any]]]:
+    def shapes(x: Tensor) -> list[list[Any]]:
+        batch = x.shape[0] if rnn.batch_first else x.shape[1]
+        width = rnn.proj_size if getattr(rnn, "proj_size", 0) else rnn.hidden_size
+        out = [*x.shape[:-1], width]
+        hidden = [rnn.num_layers, batch, width]
+        if isinstance(rnn, nn.LSTM):
+            return [out, hidden, [rnn.num_layers, batch, rnn.hidden_size]]
+        return [out, hidden]
+
+    return shapes
+
+
+def leaf_modules(
+    model: nn.Module,
+) -> dict[str, tuple[nn.Module, Callable[[Tensor], list[list[Any]]], str]]:
+    """The submodules of ``model`` to capture as leaves, by path."""
+    found: dict[str, tuple[nn.Module, Callable[[Tensor], list[list[Any]]], str]] = {}
+    for path, module in model.named_modules():
+        if not path or any(path.startswith(p + ".") for p in found):
+            continue
+        if isinstance(module, nn.MaxPool1d):
+            if module.ceil_mode or module.return_indices:
+                raise NotStreamableError(
+                    f"Cannot stream layer '{path}' (MaxPool1d) in a graph stream with ceil_mode or "
+                    "return_indices yet; use ceil_mode=False, or stream an nn.Sequential."
+                )
+            found[path] = (module, _pool_shapes(module), "tensor")
+        elif isinstance(module, nn.RNNBase):
+            if module.bidirectional:
+                raise NotStreamableError(
+                    f"Cannot stream layer '{path}' ({type(module).__name__}): it is "
+                    "bidirectional, so every output depends on the end of the signal. Use a "
+                    "unidirectional layer."
+                )
+            structure = "lstm" if isinstance(module, nn.LSTM) else "rnn"
+            found[path] = (module, _rnn_shapes(module), structure)
+    return found
+
+
+@contextmanager
+def leaves_swapped(model: nn.Module) -> Iterator[dict[str, nn.Module]]:
+    """Swap the leaf modules of ``model`` for :class:`Leaf` during a capture; restore them."""
+    leaves = leaf_modules(model)
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    try:
+        for path, (module, shapes, structure) in leaves.items():
+            parent_path, _, name = path.rpartition(".")
+            parent = model.get_submodule(parent_path) if parent_path else model
+            _ACTIVE[path] = (module, shapes)
+            setattr(parent, name, Leaf(path, structure))
+            swapped.append((parent, name, module))
+        yield {path: entry[0] for path, entry in leaves.items()}
+    finally:
+        for parent, name, module in swapped:
+            setattr(parent, name, module)
+        for path in leaves:
+            _ACTIVE.pop(path, None)

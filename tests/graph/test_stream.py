@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -135,10 +137,27 @@ def test_reshape_over_time_is_refused_with_its_source_line() -> None:
         pts.stream(Flatten(), torch.randn(1, 2, 32))
 
 
-def test_wrong_block_shape_is_refused() -> None:
-    stream = pts.stream(models.GatedWaveNet().eval(), torch.randn(1, 1, 64))
-    with pytest.raises(pts.StreamInputError, match=r"built for blocks shaped \[1, 1, T\]"):
-        stream(torch.randn(1, 2, 5))
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (lambda x: x[:, :0], r"built for blocks shaped \[B, 2, T\] but got shape \[1, 0, 5\]"),
+        (lambda x: x[0], r"but got shape \[2, 5\]"),
+        (lambda x: x.double(), "computes in torch.float32 on cpu but the block is torch.float64"),
+        (lambda x: x.long(), "expects a floating-point block"),
+        (lambda x: x.repeat(2, 1, 1), "in the middle of a signal with batch size 1"),
+    ],
+    ids=["channels", "rank", "dtype", "integer", "batch"],
+)
+def test_bad_block_is_refused_and_the_signal_goes_on(bad, message: str) -> None:
+    model = models.HifiGanShaped().eval()
+    stream = pts.stream(model, torch.randn(1, 2, 64))
+    x = torch.randn(1, 2, 40)
+    with torch.no_grad():
+        head = stream(x[..., :15])
+        with pytest.raises(pts.StreamInputError, match=message):
+            stream(bad(x[..., 15:20]))
+        tail = stream(x[..., 15:], final=True)
+        assert_matches(torch.cat([t for t in (head, tail) if t is not None], -1), model(x))
 
 
 def test_final_hidden_state_is_refused() -> None:
@@ -173,3 +192,61 @@ def test_leaves_are_restored_after_capture() -> None:
     pts.stream(model, torch.randn(1, 2, 64))
     assert isinstance(model.rnn, nn.GRU)
     assert isinstance(model.pool, nn.MaxPool1d)
+
+
+class Chain(nn.Module):
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__()
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+# (model, rate, latency, receptive field), each worked out by hand in the comment
+TIMING = {
+    # output j reads x[j..j+2]: it sits at x[j] and needs 2 samples more
+    "valid_conv": (lambda: Chain(nn.Conv1d(1, 1, 3)), Fraction(1), 2, 3),
+    # 'same' padding centres the window: x[j-1..j+1]
+    "same_conv": (lambda: Chain(nn.Conv1d(1, 1, 3, padding=1)), Fraction(1), 1, 3),
+    # left padding only: x[j-2..j], nothing ahead
+    "causal_conv": (
+        lambda: Chain(nn.ConstantPad1d((2, 0), 0.0), nn.Conv1d(1, 1, 3)),
+        Fraction(1),
+        0,
+        3,
+    ),
+    # output j reads x[2j..2j+1] and sits at x[2j]
+    "strided_conv": (lambda: Chain(nn.Conv1d(1, 1, 2, stride=2)), Fraction(1, 2), 1, 2),
+    # output j reads x[ceil((j-2)/2)..floor((j+1)/2)]: two inputs, one ahead for odd j
+    "upsampler": (
+        lambda: Chain(nn.ConvTranspose1d(1, 1, 4, stride=2, padding=1)),
+        Fraction(2),
+        1,
+        2,
+    ),
+    # causal dilations 1, 2, 4 with kernel 2: 1 + 1 + 2 + 4 samples
+    "wavenet": (models.GatedWaveNet, Fraction(1), 0, 8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIMING))
+def test_rate_latency_and_receptive_field(name: str) -> None:
+    make, rate, latency, field = TIMING[name]
+    stream = pts.stream(make().eval(), torch.randn(1, 1, 64))
+    assert stream.rate == rate
+    assert stream.latency == latency
+    assert stream.receptive_field == field
+    summary = stream.summary()
+    assert f"rate {rate}, latency {latency} samples, receptive field {field} samples" in summary
+
+
+def test_latency_measurement_leaves_the_stream_as_it_was() -> None:
+    model = models.GatedWaveNet().eval()
+    stream = pts.stream(model, torch.randn(1, 1, 64))
+    x = torch.randn(1, 1, 50)
+    with torch.no_grad():
+        head = stream(x[..., :20])
+        assert stream.latency == 0
+        tail = stream(x[..., 20:], final=True)
+        assert_matches(torch.cat([head, tail], -1), model(x))

@@ -7,13 +7,17 @@ norm, constants) are recomputed from the model's current parameters on every cal
 
 from __future__ import annotations
 
+import copy
+import math
+from fractions import Fraction
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, fx, nn
 
-from torchstreamer.base import BaseStream, check_block
-from torchstreamer.graph.analysis import refuse, time_axis
+from torchstreamer.base import BaseStream
+from torchstreamer.errors import StreamInputError
+from torchstreamer.graph.analysis import refuse, time_axis, time_length
 from torchstreamer.graph.capture import capture
 from torchstreamer.graph.handlers import Handler, TimeSlice, build_handler
 
@@ -42,6 +46,9 @@ class GraphStream(BaseStream):
             if n.op == "placeholder" and n.name in signature.user_inputs
         )
         self._label = f"stream of {type(model).__name__}"
+        self._batch = -1
+        self._latency: Optional[int] = None
+        self._receptive_field: Optional[int] = None
         handlers: dict[str, Handler] = {}
         self._timed: set[str] = {self._input.name}
         self._symbolic: set[str] = set()
@@ -83,13 +90,7 @@ class GraphStream(BaseStream):
     def forward(  # type: ignore[override]  # several outputs come as a tuple
         self, x: Tensor, final: bool = False
     ) -> Optional[Union[Tensor, tuple[Tensor, ...]]]:
-        if x.dim() != len(self._example_shape):
-            check_block(self._label, x, -1, None, 0, -1)
-        shape = list(x.shape)
-        expected = list(self._example_shape)
-        shape[self._axis] = expected[self._axis] = -1
-        if shape[1:] != expected[1:] if self._axis != 0 else shape != expected:
-            raise_input(self._label, x, self._example_shape, self._axis)
+        self._check_block(x)
         env: dict[str, Any] = {}
         for node in self._graph.nodes:
             if node.op == "placeholder":
@@ -104,26 +105,155 @@ class GraphStream(BaseStream):
                 else:
                     kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
                     env[node.name] = node.target(*args, **kwargs)
+        self._batch = -1 if final else int(x.shape[0])
         results = [env[o.name] for o in self._outputs]
         if len(results) == 1:
             y = results[0]
             return None if y.shape[time_axis(self._outputs[0])] == 0 else y
         return tuple(results)
 
-    @torch.jit.unused
+    @property
+    def rate(self) -> Fraction:
+        """Output samples per input sample (of the first output), e.g. ``Fraction(2)`` for a
+        2x upsampler."""
+        expression = time_length(self._outputs[0])
+        symbol = next(iter(time_length(self._input).free_symbols))
+        low, high = 720720 * 1000, 720720 * 2000  # multiples of every small stride product
+        delta = int(expression.subs(symbol, high)) - int(expression.subs(symbol, low))
+        return Fraction(delta, high - low)
+
+    @property
+    def latency(self) -> int:
+        """Input samples of lookahead: how many samples past the one an output sits at (output
+        ``j`` sits at input ``j / rate``) the stream needs before it returns that output.
+
+        Measured once by streaming a signal sample by sample through a copy of the stream.
+        """
+        if self._latency is None:
+            self._latency = self._measure_latency()
+        return self._latency
+
+    @property
+    def receptive_field(self) -> int:
+        """Input samples that one output depends on (from the gradient of an output in the
+        middle of a random signal, over a few signals)."""
+        if self._receptive_field is None:
+            self._receptive_field = self._measure_receptive_field()
+        return self._receptive_field
+
+    def _probe_signal(self) -> Tensor:
+        shape = list(self._example_shape)
+        shape[self._axis] *= 4
+        reference = next(iter(self.model.parameters()), None)
+        dtype = reference.dtype if reference is not None else torch.float32
+        return torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+
+    def _measure_latency(self) -> int:
+        # stream on a copy of the handlers (sharing the model's modules), then put them back
+        shared = {
+            id(t): t
+            for t in [*self.model.modules(), *self.model.parameters(), *self.model.buffers()]
+        }
+        original, batch = self.handlers, self._batch
+        self.handlers = copy.deepcopy(original, shared)
+        try:
+            self.reset()
+            return self._stream_latency()
+        finally:
+            self.handlers, self._batch = original, batch
+
+    def _stream_latency(self) -> int:
+        twin = self
+        x = self._probe_signal()
+        rate = self.rate
+        worst = 0
+        emitted = 0
+        axis = time_axis(self._outputs[0])
+        with torch.no_grad():
+            for n in range(1, x.shape[self._axis] + 1):
+                y = twin(x.narrow(self._axis, n - 1, 1))
+                y = y[0] if isinstance(y, tuple) else y
+                count = 0 if y is None else y.shape[axis]
+                for j in range(emitted, emitted + count):
+                    worst = max(worst, n - 1 - math.floor(j / rate))
+                emitted += count
+        return worst
+
+    def _measure_receptive_field(self) -> int:
+        x = self._probe_signal()
+        axis = time_axis(self._outputs[0])
+        low, high = x.shape[self._axis], -1
+        for seed in range(3):
+            probe = x.clone() if seed == 0 else torch.randn_like(x)
+            probe.requires_grad_(True)
+            y = self.model(probe)
+            y = y[0] if isinstance(y, tuple) else y
+            middle = y.shape[axis] // 2
+            y.narrow(axis, middle, 1).sum().backward()
+            assert probe.grad is not None
+            touched = probe.grad.abs().sum(dim=[d for d in range(x.dim()) if d != self._axis])
+            where = torch.nonzero(touched).flatten()
+            if len(where) > 0:
+                low, high = min(low, int(where.min())), max(high, int(where.max()))
+        return max(0, high - low + 1)
+
+    def summary(self) -> str:
+        """A table of the streamed nodes: op, layer, and the length of its output in terms of
+        the input length ``T``."""
+        symbol = next(iter(time_length(self._input).free_symbols))
+        rows = ["| node | op | layer | length |", "|---|---|---|---|"]
+        for node in self._graph.nodes:
+            if node.name not in self.handlers:
+                continue
+            stack = node.meta.get("nn_module_stack") or {}
+            layer = list(stack.values())[-1][0] if stack else ""
+            length = (
+                str(time_length(node)).replace(str(symbol), "T")
+                if time_axis(node) is not None
+                else "-"
+            )
+            rows.append(f"| {node.name} | {node.target} | {layer} | {length} |")
+        rows.append(
+            f"\nrate {self.rate}, latency {self.latency} samples, "
+            f"receptive field {self.receptive_field} samples"
+        )
+        return "\n".join(rows)
+
+    def _check_block(self, x: Tensor) -> None:
+        """Raise :class:`StreamInputError` before any state changes unless ``x`` fits."""
+        expected = ["T" if i == self._axis else str(s) for i, s in enumerate(self._example_shape)]
+        expected[0] = "B" if self._axis != 0 else expected[0]
+        shape = list(x.shape)
+        fits = x.dim() == len(self._example_shape) and all(
+            i in (0, self._axis) or shape[i] == size for i, size in enumerate(self._example_shape)
+        )
+        if not fits:
+            raise StreamInputError(
+                f"The {self._label} was built for blocks shaped [{', '.join(expected)}] but got "
+                f"shape {shape}."
+            )
+        if not x.is_floating_point():
+            raise StreamInputError(
+                f"The {self._label} expects a floating-point block but got dtype {x.dtype}."
+            )
+        reference = next(iter(self.model.parameters()), None)
+        if reference is not None and (x.dtype != reference.dtype or x.device != reference.device):
+            raise StreamInputError(
+                f"The {self._label} computes in {reference.dtype} on {reference.device} but the "
+                f"block is {x.dtype} on {x.device}; convert the block or the model."
+            )
+        if self._batch >= 0 and self._axis != 0 and x.shape[0] != self._batch:
+            raise StreamInputError(
+                f"The {self._label} is in the middle of a signal with batch size {self._batch} "
+                f"but got a block with batch size {x.shape[0]}; finish the signal with "
+                "final=True or call reset() first."
+            )
+
     def reset(self) -> None:
+        """Drop the signal in progress."""
+        self._batch = -1
         for handler in self.handlers.values():
             handler.reset()  # type: ignore[operator]
-
-
-def raise_input(label: str, x: Tensor, example: list[int], axis: int) -> None:
-    from torchstreamer.errors import StreamInputError
-
-    shape = ["T" if i == axis else str(s) for i, s in enumerate(example)]
-    raise StreamInputError(
-        f"The {label} was built for blocks shaped [{', '.join(shape)}] (any batch size) but got "
-        f"shape {list(x.shape)}."
-    )
 
 
 def stream(model: nn.Module, example: Tensor, axis: int = -1) -> GraphStream:

@@ -250,3 +250,88 @@ def test_latency_measurement_leaves_the_stream_as_it_was() -> None:
         assert stream.latency == 0
         tail = stream(x[..., 20:], final=True)
         assert_matches(torch.cat([head, tail], -1), model(x))
+
+
+class Smooth(nn.Module):
+    """A moving average written with unfold, which graph streams do not know."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unfold(-1, 4, 1).mean(-1)
+
+
+class SmoothStream(pts.BaseStream):
+    def __init__(self, module: Smooth) -> None:
+        super().__init__()
+        conv = nn.Conv1d(1, 1, 4, bias=False)
+        conv.weight.data.fill_(0.25)
+        self.inner = pts.Conv1dStream(conv)
+
+    def forward(self, x: torch.Tensor, final: bool = False):
+        y = self.inner(x.reshape(x.shape[0] * x.shape[1], 1, x.shape[-1]), final)
+        return None if y is None else y.reshape(x.shape[0], -1, y.shape[-1])
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def output_length(self, n: int) -> int:
+        return self.inner.output_length(n)
+
+
+class Smoothed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 3, 3, padding=1)
+        self.smooth = Smooth()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.smooth(self.conv(x)))
+
+
+def test_registered_streamer_wins_inside_a_graph() -> None:
+    model = Smoothed().eval()
+    with pytest.raises(pts.NotStreamableError, match=r"layer 'smooth' \(Smooth\), op aten\.unfold"):
+        pts.stream(model, torch.randn(1, 2, 64))
+    pts.register_streamer(Smooth, SmoothStream)
+    try:
+        stream = pts.stream(model, torch.randn(1, 2, 64))
+        x = torch.randn(2, 2, 90)
+        with torch.no_grad():
+            assert_matches(run(stream, x, [13, 0, 1, 36]), model(x))
+    finally:
+        pts.unregister_streamer(Smooth)
+
+
+class Sort(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sort(dim=-1).values
+
+
+class Spectrum(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfft(x, dim=-1).abs()[..., : x.shape[-1] // 2]
+
+
+class Attention(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = x.transpose(1, 2)
+        return torch.softmax(q @ q.transpose(1, 2), dim=-1).matmul(q).transpose(1, 2)
+
+
+class Gather(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., x[0, 0].argsort()]
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (Sort(), r"aten\.sort"),
+        (Spectrum(), r"aten\.(_fft_r2c|fft_rfft)"),
+        (Attention(), r"aten\.(matmul|bmm|transpose)|its inputs have different lengths|time axis"),
+        (Gather(), r"aten\.(argsort|sort|index)"),
+    ],
+    ids=["sort", "fft", "attention", "data-dependent-index"],
+)
+def test_ops_that_mix_all_time_steps_are_refused(model: nn.Module, message: str) -> None:
+    with pytest.raises(pts.NotStreamableError, match=message):
+        pts.stream(model, torch.randn(1, 2, 32))

@@ -11,7 +11,7 @@ from torch import nn
 from torch.export import Dim, ExportedProgram, export
 
 from torchstreamer.errors import NotStreamableError
-from torchstreamer.graph.leaves import leaves_swapped
+from torchstreamer.graph.leaves import leaves_swapped, registered_output_channels
 
 __all__ = ["capture", "time_symbol"]
 
@@ -37,9 +37,10 @@ def capture(
     axis = axis % example.dim()
     minimum = max(16, example.shape[axis] // 4)
     errors = []
+    out_channels = registered_output_channels(model, example)
     for dim in (Dim("T", min=minimum), Dim.AUTO):
         try:
-            with leaves_swapped(model) as leaves:
+            with leaves_swapped(model, out_channels) as leaves:
                 program = export(model, (example,), dynamic_shapes=({axis: dim},), strict=False)
         except NotStreamableError:
             raise

@@ -410,7 +410,12 @@ def _leaf_handler(node: fx.Node, leaves: dict[str, nn.Module]) -> Handler:
     if isinstance(module, nn.RNNBase):
         return RecurrentHandler(module)
     channels = int(node.meta["val"][0].shape[-2])
-    stream = Pool1dStream(module, "model")  # type: ignore[arg-type]
+    if isinstance(module, nn.MaxPool1d):
+        stream: BaseStream = Pool1dStream(module, "model")
+    else:  # a module with a registered streamer
+        from torchstreamer.streams.registry import create_stream
+
+        stream = create_stream(module, path=str(node.args[1]))
     return ListHandler(ModuleStreamHandler(stream, module, (), channels))
 
 

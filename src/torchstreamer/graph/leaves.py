@@ -82,15 +82,44 @@ def _rnn_shapes(rnn: nn.RNNBase) -> Callable[[Tensor], list[list[Any]]]:
     return shapes
 
 
+def _registered_shapes(
+    path: str, module: nn.Module, channels: int
+) -> Callable[[Tensor], list[list[Any]]]:
+    from torchstreamer.streams.registry import create_stream
+
+    stream = create_stream(module, path=path)
+    try:
+        stream.output_length(64)
+    except NotImplementedError as error:
+        raise NotStreamableError(
+            f"Cannot stream layer '{path}' ({type(module).__name__}) in a graph stream: its "
+            "registered streamer does not define output_length(n), which the capture needs to "
+            "know the layer's output length."
+        ) from error
+
+    def shapes(x: Tensor) -> list[list[Any]]:
+        return [[*x.shape[:-2], channels, stream.output_length(x.shape[-1])]]
+
+    return shapes
+
+
 def leaf_modules(
-    model: nn.Module,
+    model: nn.Module, out_channels: dict[str, int]
 ) -> dict[str, tuple[nn.Module, Callable[[Tensor], list[list[Any]]], str]]:
-    """The submodules of ``model`` to capture as leaves, by path."""
+    """The submodules of ``model`` to capture as leaves, by path.
+
+    ``out_channels`` gives the output channels of the modules with a registered streamer, as
+    seen on the example.
+    """
+    from torchstreamer.streams.registry import _registered
+
     found: dict[str, tuple[nn.Module, Callable[[Tensor], list[list[Any]]], str]] = {}
     for path, module in model.named_modules():
         if not path or any(path.startswith(p + ".") for p in found):
             continue
-        if isinstance(module, nn.MaxPool1d):
+        if _registered(module) is not None and path in out_channels:
+            found[path] = (module, _registered_shapes(path, module, out_channels[path]), "tensor")
+        elif isinstance(module, nn.MaxPool1d):
             if module.ceil_mode or module.return_indices:
                 raise NotStreamableError(
                     f"Cannot stream layer '{path}' (MaxPool1d) in a graph stream with ceil_mode or "
@@ -109,10 +138,37 @@ def leaf_modules(
     return found
 
 
+def registered_output_channels(model: nn.Module, example: Tensor) -> dict[str, int]:
+    """Run the model once on ``example`` and note the output channels of every module that has
+    a registered streamer (the capture needs them for the modules' fake shapes)."""
+    from torchstreamer.streams.registry import _registered
+
+    seen: dict[str, int] = {}
+    hooks = []
+    for path, module in model.named_modules():
+        if path and _registered(module) is not None:
+
+            def note(_: nn.Module, __: Any, out: Any, path: str = path) -> None:
+                if isinstance(out, Tensor) and out.dim() >= 2:
+                    seen[path] = int(out.shape[-2])
+
+            hooks.append(module.register_forward_hook(note))
+    if hooks:
+        try:
+            with torch.no_grad():
+                model(example)
+        finally:
+            for hook in hooks:
+                hook.remove()
+    return seen
+
+
 @contextmanager
-def leaves_swapped(model: nn.Module) -> Iterator[dict[str, nn.Module]]:
+def leaves_swapped(
+    model: nn.Module, out_channels: dict[str, int]
+) -> Iterator[dict[str, nn.Module]]:
     """Swap the leaf modules of ``model`` for :class:`Leaf` during a capture; restore them."""
-    leaves = leaf_modules(model)
+    leaves = leaf_modules(model, out_channels)
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
     try:
         for path, (module, shapes, structure) in leaves.items():

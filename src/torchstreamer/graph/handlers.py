@@ -419,6 +419,54 @@ def _leaf_handler(node: fx.Node, leaves: dict[str, nn.Module]) -> Handler:
     return ListHandler(ModuleStreamHandler(stream, module, (), channels))
 
 
+class RunningSum(Handler):
+    """``cumsum`` over time: each block's running sum starts from the last sum of the previous."""
+
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+        self.carry: Optional[Tensor] = None
+
+    def reset(self) -> None:
+        self.carry = None
+
+    def step(self, args: list[Any], final: bool) -> Any:
+        out = torch.cumsum(args[0], self.axis)
+        if self.carry is not None:
+            out = out + self.carry
+        if out.shape[self.axis] > 0:
+            self.carry = out.narrow(self.axis, out.shape[self.axis] - 1, 1).detach()
+        if final:
+            self.reset()
+        return out
+
+
+class NearestUpsample(Handler):
+    """Nearest-neighbour upsampling over time by an integer factor: each sample repeated."""
+
+    def __init__(self, factor: int, axis: int) -> None:
+        super().__init__()
+        self.factor, self.axis = factor, axis
+
+    def step(self, args: list[Any], final: bool) -> Any:
+        return torch.repeat_interleave(args[0], self.factor, dim=self.axis)
+
+
+def _upsample_handler(node: fx.Node, axis: int) -> Handler:
+    a: list[Any] = [*node.args, None, None, None]
+    scales = a[2]
+    rank = a[0].meta["val"].dim()
+    if axis != rank - 1 or a[1] is not None or scales is None or len(scales) != 1:
+        raise refuse(node, "it resizes to a fixed size", "upsample by an integer scale_factor")
+    factor = float(scales[0])
+    if factor != int(factor) or factor < 1:
+        raise refuse(
+            node, f"its scale factor {factor} is not a whole number, so output samples do not "
+            "line up with input samples", "use an integer scale_factor or a ConvTranspose1d",
+        )  # fmt: skip
+    return NearestUpsample(int(factor), axis)
+
+
 def build_handler(node: fx.Node, leaves: Optional[dict[str, nn.Module]] = None) -> Handler:
     """The handler of a node with at least one time input; refuses ops it cannot stream."""
     if node.target is LEAF_OP:
@@ -455,6 +503,20 @@ def build_handler(node: fx.Node, leaves: Optional[dict[str, nn.Module]] = None) 
         target is aten.dropout.default and node.args[2]
     ):
         raise refuse(node, "it runs in training mode", "call model.eval() before streaming")
+    a: list[Any]
+    if target is aten.upsample_nearest1d.vec and axis_in >= 0:
+        return _upsample_handler(node, axis_in)
+    if target is aten.repeat_interleave.self_int and axis_in >= 0:
+        a = [*node.args, None, None]
+        if a[2] is None:
+            raise refuse(node, "it flattens the tensor", "repeat along a given dim")
+        if int(a[2]) % a[0].meta["val"].dim() == axis_in:
+            return NearestUpsample(int(a[1]), axis_in)
+        return Aligned(lambda *b: target(*b), *_flat_positions(node))
+    if target is aten.cumsum.default and axis_in >= 0:
+        a = list(node.args)
+        if int(a[1]) % a[0].meta["val"].dim() == axis_in:
+            return RunningSum(axis_in)
     if target is aten.slice.Tensor and axis_in >= 0:
         dim = int(node.args[1]) if len(node.args) > 1 else 0  # type: ignore[arg-type]
         if dim % node.args[0].meta["val"].dim() == axis_in:  # type: ignore[union-attr]

@@ -32,10 +32,18 @@ from torch import Tensor, nn
 
 from torchstreamer.errors import StreamError, StreamInputError
 
-__all__ = ["BaseStream"]
+__all__ = ["BaseStream", "Stateful"]
 
 
-class BaseStream(nn.Module):
+class Stateful(nn.Module):
+    """A module whose state is the tensors and integers named by ``_state_tensors`` and
+    ``_state_ints``; :meth:`BaseStream.get_state` collects them from every such module."""
+
+    _state_tensors: tuple[str, ...] = ()
+    _state_ints: tuple[str, ...] = ()
+
+
+class BaseStream(Stateful):
     """Base class of all streams: ``forward(x, final=False) -> Optional[Tensor]``.
 
     Subclasses implement :meth:`forward` and, when they keep state, :meth:`reset` and the class
@@ -52,9 +60,6 @@ class BaseStream(nn.Module):
         >>> Double()(torch.ones(1, 3)).tolist()
         [[2.0, 2.0, 2.0]]
     """
-
-    _state_tensors: tuple[str, ...] = ()
-    _state_ints: tuple[str, ...] = ()
 
     def forward(self, x: Tensor, final: bool = False) -> Optional[Tensor]:
         """Stream one block; return the outputs it completes, or ``None``."""
@@ -92,7 +97,7 @@ class BaseStream(nn.Module):
         """
         state: dict[str, Tensor] = {}
         for path, module in self.named_modules():
-            if not isinstance(module, BaseStream):
+            if not isinstance(module, Stateful):
                 continue
             prefix = f"{path}." if path else ""
             for name in module._state_tensors:
@@ -150,7 +155,7 @@ class BaseStream(nn.Module):
 def _tensor_names(stream: nn.Module) -> set[str]:
     names: set[str] = set()
     for module in stream.modules():
-        if isinstance(module, BaseStream):
+        if isinstance(module, Stateful):
             names.update(module._state_tensors)
     return names
 

@@ -16,7 +16,7 @@ import sympy
 import torch
 from torch import Tensor, fx, nn
 
-from torchstreamer.base import BaseStream
+from torchstreamer.base import BaseStream, Stateful
 from torchstreamer.graph.analysis import refuse, same_lengths, time_axis, time_length
 from torchstreamer.graph.leaves import LEAF_OP
 from torchstreamer.streams.conv import Conv1dStream, ConvTranspose1dStream
@@ -54,8 +54,13 @@ _OVER_DIM = {
 }  # fmt: skip
 
 
-class Handler(nn.Module):
-    """Streams one node: ``step(args, final)`` with blocks in place of its time inputs."""
+class Handler(Stateful):
+    """Streams one node: ``step(args, final)`` with blocks in place of its time inputs.
+
+    State is registered buffers (empty while there is none) and integers, named in
+    ``_state_tensors`` and ``_state_ints``, so that the graph stream's ``get_state()`` and
+    ``set_state()`` cover it.
+    """
 
     def step(self, args: list[Any], final: bool) -> Any:
         raise NotImplementedError
@@ -92,22 +97,27 @@ class Aligned(Handler):
         self.op = op
         self.positions = positions  # where each time input sits in the flattened arguments
         self.axes = axes
-        self.pending: list[Optional[Tensor]] = [None] * len(positions)
+        if len(positions) > 1:  # samples of each input that wait for the others
+            self._state_tensors = tuple(f"_pending{i}" for i in range(len(positions)))
+            for name in self._state_tensors:
+                self.register_buffer(name, torch.zeros(0), persistent=False)
 
     def reset(self) -> None:
-        self.pending = [None] * len(self.positions)
+        for name in self._state_tensors:
+            setattr(self, name, torch.zeros(0))
 
     def step(self, args: list[Any], final: bool) -> Any:
         if len(self.positions) == 1:
             return self.op(*args)
-        blocks = [_get(args, p) for p in self.positions]
         joined = []
-        for i, block in enumerate(blocks):
-            held = self.pending[i]
-            joined.append(block if held is None else torch.cat([held, block], self.axes[i]))
+        for i, position in enumerate(self.positions):
+            block, held = _get(args, position), getattr(self, f"_pending{i}")
+            joined.append(block if held.dim() == 1 else torch.cat([held, block], self.axes[i]))
         ready = min(b.shape[a] for b, a in zip(joined, self.axes))
         for i, (block, axis) in enumerate(zip(joined, self.axes)):
-            self.pending[i] = block.narrow(axis, ready, block.shape[axis] - ready)
+            setattr(
+                self, f"_pending{i}", block.narrow(axis, ready, block.shape[axis] - ready).detach()
+            )
             args = _set(args, self.positions[i], block.narrow(axis, 0, ready))
         if final:
             self.reset()
@@ -133,26 +143,29 @@ class TimeSlice(Handler):
     """``x[..., start : length - right]`` on the time axis: skips ``start`` samples and holds the
     last ``right`` back until the signal ends (they exist only if more samples come)."""
 
+    _state_tensors = ("_held",)
+    _state_ints = ("_skip",)
+
     def __init__(self, axis: int, start: int, right: int) -> None:
         super().__init__()
         self.axis, self.start, self.right = axis, start, right
-        self.skip = start
-        self.held: Optional[Tensor] = None
+        self._skip = start
+        self.register_buffer("_held", torch.zeros(0), persistent=False)
 
     def reset(self) -> None:
-        self.skip, self.held = self.start, None
+        self._skip, self._held = self.start, torch.zeros(0)
 
     def step(self, args: list[Any], final: bool) -> Any:
         block = args[0]
-        if self.skip > 0:
-            drop = min(self.skip, block.shape[self.axis])
+        if self._skip > 0:
+            drop = min(self._skip, block.shape[self.axis])
             block = block.narrow(self.axis, drop, block.shape[self.axis] - drop)
-            self.skip -= drop
-        if self.held is not None:
-            block = torch.cat([self.held, block], self.axis)
+            self._skip -= drop
+        if self._held.dim() > 1:
+            block = torch.cat([self._held, block], self.axis)
         keep = min(self.right, block.shape[self.axis])
         out = block.narrow(self.axis, 0, block.shape[self.axis] - keep)
-        self.held = block.narrow(self.axis, block.shape[self.axis] - keep, keep)
+        self._held = block.narrow(self.axis, block.shape[self.axis] - keep, keep).detach()
         if final:
             self.reset()
         return out
@@ -358,27 +371,33 @@ class RecurrentHandler(Handler):
     """An ``nn.LSTM``/``nn.GRU``/``nn.RNN`` leaf: runs each block from the hidden state that the
     previous block left, which is exactly how the layer runs over the whole signal."""
 
+    _state_tensors = ("_h", "_c")
+
     def __init__(self, rnn: nn.RNNBase) -> None:
         super().__init__()
         self.rnn = rnn
         self.axis = 1 if rnn.batch_first else 0
-        self.hidden: Any = None
+        self.register_buffer("_h", torch.zeros(0), persistent=False)
+        self.register_buffer("_c", torch.zeros(0), persistent=False)
 
     def reset(self) -> None:
-        self.hidden = None
+        self._h, self._c = torch.zeros(0), torch.zeros(0)
 
     def step(self, args: list[Any], final: bool) -> Any:
         block = args[0]
         if block.shape[self.axis] == 0:
-            width = (
-                self.rnn.proj_size if getattr(self.rnn, "proj_size", 0) else self.rnn.hidden_size
-            )
+            proj = getattr(self.rnn, "proj_size", 0)
+            width = proj if proj else self.rnn.hidden_size
             out = block.new_zeros([*block.shape[:-1], width])
         else:
-            out, hidden = self.rnn(block, self.hidden)
-            self.hidden = (
-                tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
-            )
+            hidden: Any = None
+            if self._h.dim() > 1:
+                hidden = (self._h, self._c) if isinstance(self.rnn, nn.LSTM) else self._h
+            out, hidden = self.rnn(block, hidden)
+            if isinstance(hidden, tuple):
+                self._h, self._c = hidden[0].detach(), hidden[1].detach()
+            else:
+                self._h = hidden.detach()
         if final:
             self.reset()
         return [out, None, None]  # the final hidden states are refused when used
@@ -422,20 +441,22 @@ def _leaf_handler(node: fx.Node, leaves: dict[str, nn.Module]) -> Handler:
 class RunningSum(Handler):
     """``cumsum`` over time: each block's running sum starts from the last sum of the previous."""
 
+    _state_tensors = ("_carry",)
+
     def __init__(self, axis: int) -> None:
         super().__init__()
         self.axis = axis
-        self.carry: Optional[Tensor] = None
+        self.register_buffer("_carry", torch.zeros(0), persistent=False)
 
     def reset(self) -> None:
-        self.carry = None
+        self._carry = torch.zeros(0)
 
     def step(self, args: list[Any], final: bool) -> Any:
         out = torch.cumsum(args[0], self.axis)
-        if self.carry is not None:
-            out = out + self.carry
+        if self._carry.dim() > 1:
+            out = out + self._carry
         if out.shape[self.axis] > 0:
-            self.carry = out.narrow(self.axis, out.shape[self.axis] - 1, 1).detach()
+            self._carry = out.narrow(self.axis, out.shape[self.axis] - 1, 1).detach()
         if final:
             self.reset()
         return out

@@ -27,6 +27,8 @@ __all__ = ["GraphStream", "stream"]
 class GraphStream(BaseStream):
     """Streams a captured model: blocks in, the completed outputs out (see :func:`stream`)."""
 
+    _state_ints = ("_batch",)
+
     def __init__(self, model: nn.Module, example: Tensor, axis: int = -1) -> None:
         super().__init__()
         self.model = model

@@ -1,6 +1,6 @@
 """Streams of ``Conv1d`` and ``ConvTranspose1d``."""
 
-from typing import Optional
+from typing import Optional, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,23 @@ from torchstreamer.time import (
 __all__ = ["Conv1dStream", "ConvTranspose1dStream", "check_padding_choice"]
 
 _PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate"}
+
+
+S = TypeVar("S", bound=nn.Module)
+
+
+def scriptable(stream: S) -> S:
+    """``stream``, or a shallow copy whose ``module`` has its normalised weights computed
+    (:func:`~torchstreamer.streams.leaf.materialize`), for ``torch.jit.script``."""
+    module = stream.module
+    assert isinstance(module, nn.Module)
+    plain = materialize(module)
+    if plain is module:
+        return stream
+    clone = type(stream).__new__(type(stream))
+    clone.__dict__ = stream.__dict__.copy()
+    clone._modules = dict(stream._modules, module=plain)
+    return clone
 
 
 def check_padding_choice(padding: str) -> None:
@@ -104,13 +121,7 @@ class Conv1dStream(WindowStream):
         return f"padding={self.padding!r}"
 
     def __prepare_scriptable__(self) -> "Conv1dStream":
-        plain = materialize(self.module)
-        if plain is self.module:
-            return self
-        clone = Conv1dStream.__new__(Conv1dStream)
-        clone.__dict__ = self.__dict__.copy()
-        clone._modules = dict(self._modules, module=plain)
-        return clone
+        return scriptable(self)
 
     @torch.jit.export
     def _reference(self) -> Optional[Tensor]:
@@ -196,13 +207,7 @@ class ConvTranspose1dStream(LeafStream):
         return f"padding={self.padding!r}"
 
     def __prepare_scriptable__(self) -> "ConvTranspose1dStream":
-        plain = materialize(self.module)
-        if plain is self.module:
-            return self
-        clone = ConvTranspose1dStream.__new__(ConvTranspose1dStream)
-        clone.__dict__ = self.__dict__.copy()
-        clone._modules = dict(self._modules, module=plain)
-        return clone
+        return scriptable(self)
 
     @torch.jit.export
     def _reference(self) -> Optional[Tensor]:

@@ -81,13 +81,7 @@ class WindowStream(LeafStream):
         self.register_buffer("_pending", torch.zeros(0), persistent=False)
         self.register_buffer("_head", torch.zeros(0), persistent=False)
         self.register_buffer("_tail", torch.zeros(0), persistent=False)
-        self._fill = 0
-        self._skip = 0
-        self._head_fill = 0
-        self._tail_fill = 0
-        self._started = 0
-        self._seen = 0
-        self._emitted = 0
+        self._reset_state()  # the counters
 
     # -- hooks for subclasses ------------------------------------------------------------
 

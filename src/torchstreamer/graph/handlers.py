@@ -344,20 +344,14 @@ def _check_dim_argument(node: fx.Node, axis_in: int) -> None:
         dims = [a[1] if len(a) > 1 else 0]
         if target is aten.stack.default:
             rank += 1
-    elif target is aten.permute.default:
-        if list(a[1]).index(axis_in) is None:
-            return
-        return
-    elif target is aten.transpose.int:
-        return
+    elif target in (aten.permute.default, aten.transpose.int, aten.unsqueeze.default):
+        return  # they move the time axis (time_axis follows it) but keep every step apart
     elif target is aten.slice.Tensor:
         dims = [a[1] if len(a) > 1 else 0]
     elif target in (aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.amin.default):
         dims = list(a[1]) if len(a) > 1 and a[1] is not None else list(range(rank))
     elif target in (aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default):
         dims = [a[2] if len(a) > 2 else 0]
-    elif target is aten.unsqueeze.default:
-        return
     else:
         dims = [a[1] if len(a) > 1 else -1]
     for dim in dims:

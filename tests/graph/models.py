@@ -159,3 +159,19 @@ class UpsampleCumsum(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(self.conv(x), scale_factor=3, mode="nearest").cumsum(-1)
         return up + x.cumsum(1).repeat_interleave(3, -1)
+
+
+class PerStepAlgebra(nn.Module):
+    """matmul over channels, reshapes that keep time, linear upsampling, a ceil-mode max pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 6))
+        self.pool = nn.MaxPool1d(3, 2, ceil_mode=True)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = x.transpose(1, 2) @ self.weight
+        r = h.reshape(h.shape[0], h.shape[1], 2, 3).sum(-1).transpose(1, 2)
+        v = x.view(x.shape[0], 2, 2, x.shape[-1]).sum(1)
+        u = F.interpolate(self.pool(x), scale_factor=3, mode="linear")
+        return r + v, u, v

@@ -66,6 +66,26 @@ def test_zoo_model_streams_exactly(zoo, name: str, sizes: list[int]) -> None:
         assert_matches(run(stream, x, lengths), expected)
 
 
+@settings(max_examples=10)
+@given(sizes=block_sizes())
+def test_per_step_algebra_and_linear_upsampling(sizes: list[int]) -> None:
+    model = models.PerStepAlgebra()
+    stream = pts.stream(model, torch.randn(1, 4, 64))
+    x = torch.randn(2, 4, 301)
+    with torch.no_grad():
+        outputs = run(stream, x, split_lengths(301, sizes)[:-1])
+        for got, expected in zip(outputs, model(x)):
+            assert_matches(got, expected)
+
+
+def test_linear_upsampling_matches_pytorch_rounding_on_long_signals() -> None:
+    model = Wrap(nn.Upsample(scale_factor=3, mode="linear"))
+    stream = pts.stream(model, torch.randn(1, 2, 64))
+    x = torch.randn(1, 2, 20000)
+    with torch.no_grad():
+        assert_matches(run(stream, x, [7000, 1, 0, 9000]), model(x))
+
+
 def test_several_outputs_come_as_a_tuple() -> None:
     model = models.TwoOutputs()
     stream = pts.stream(model, torch.randn(1, 2, 40))
@@ -107,6 +127,10 @@ REFUSALS = [
         r"layer 'inner' \(Conv1d\).*circular",
     ),
     (Wrap(nn.AdaptiveAvgPool1d(1)), r"layer 'inner' \(AdaptiveAvgPool1d\)"),
+    (
+        Wrap(nn.Upsample(scale_factor=1.5, mode="nearest")),
+        r"layer 'inner' \(Upsample\).*not a whole number",
+    ),
     # a Linear over time fixes the length: the capture itself fails (it does not name the layer)
     (Wrap(nn.Linear(32, 32)), r"could not capture Wrap with a dynamic length"),
 ]
@@ -120,13 +144,40 @@ def test_refusal_names_the_layer_and_op(model: nn.Module, message: str) -> None:
         pts.stream(model.eval(), torch.randn(1, 2, 32))
 
 
-def test_flip_is_refused() -> None:
-    class Flip(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x.flip(-1)
+class Flip(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-1)
 
-    with pytest.raises(pts.NotStreamableError, match=r"aten\.flip"):
-        pts.stream(Flip(), torch.randn(1, 2, 32))
+
+class MatmulOverTime(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ torch.ones(x.shape[-1], 3)
+
+
+class ReshapeMixingTime(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], x.shape[1], -1, 2).sum(-1)
+
+
+def test_flip_is_refused() -> None:
+    with pytest.raises(pts.NotStreamableError, match=r"layer 'inner' \(Flip\), op aten\.flip"):
+        pts.stream(Wrap(Flip()), torch.randn(1, 2, 32))
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (
+            MatmulOverTime(),
+            r"could not capture|sums over the time axis|does not come from the input",
+        ),
+        (ReshapeMixingTime(), r"mixes the time axis with other axes|2 axes that depend on time"),
+    ],
+    ids=["matmul-over-time", "reshape-mixing-time"],
+)
+def test_per_step_ops_applied_across_time_are_refused(model: nn.Module, message: str) -> None:
+    with pytest.raises(pts.NotStreamableError, match=message):
+        pts.stream(Wrap(model), torch.randn(1, 2, 32))
 
 
 def test_reshape_over_time_is_refused_with_its_source_line() -> None:

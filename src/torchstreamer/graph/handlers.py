@@ -467,9 +467,113 @@ class NearestUpsample(Handler):
         return torch.repeat_interleave(args[0], self.factor, dim=self.axis)
 
 
+class Reshape(Handler):
+    """``reshape``/``view`` that splits or merges dims other than time: applied to each block
+    with the block's own time length (and batch size)."""
+
+    def __init__(self, shape: list[int], axis: int) -> None:
+        super().__init__()
+        self.shape, self.axis = shape, axis
+
+    def step(self, args: list[Any], final: bool) -> Any:
+        block = args[0]
+        shape = list(self.shape)
+        shape[self.axis] = -1 if block.numel() > 0 else 0
+        if self.axis != 0:
+            shape[0] = block.shape[0]  # any batch size, as for every other op
+        return block.reshape(shape)
+
+
+def _reshape_handler(node: fx.Node, axis_in: int) -> Handler:
+    source = node.args[0]
+    assert isinstance(source, fx.Node)
+    before, after = list(source.meta["val"].shape), list(node.meta["val"].shape)
+    axis_out = time_axis(node)
+
+    def product(sizes: list[Any]) -> int:
+        result = 1
+        for size in sizes:
+            result *= int(size)
+        return result
+
+    keeps_time = (
+        axis_out is not None
+        and time_length(node) == time_length(source)
+        and product(before[:axis_in]) == product(after[:axis_out])
+        and product(before[axis_in + 1 :]) == product(after[axis_out + 1 :])
+        and (axis_in == 0) == (axis_out == 0)
+        and (axis_in == 0 or before[0] == after[0])
+    )
+    if not keeps_time:
+        raise refuse(
+            node, "it mixes the time axis with other axes", "reshape only the dims other than time"
+        )
+    assert axis_out is not None
+    return Reshape([int(s) if i != axis_out else -1 for i, s in enumerate(after)], axis_out)
+
+
+class LinearUpsample(Handler):
+    """Linear interpolation over time by a whole factor ``s`` (``align_corners=False``).
+
+    Output ``j`` reads input ``src = (j + 0.5) / s - 0.5`` (clamped at 0) between samples
+    ``floor(src)`` and the next one; the last outputs clamp to the last sample, so they come when
+    the signal ends.
+    """
+
+    _state_tensors = ("_last",)
+    _state_ints = ("_seen", "_emitted")
+
+    def __init__(self, factor: int, axis: int) -> None:
+        super().__init__()
+        self.factor, self.axis = factor, axis
+        self.register_buffer("_last", torch.zeros(0), persistent=False)
+        self._seen = 0
+        self._emitted = 0
+
+    def reset(self) -> None:
+        self._last, self._seen, self._emitted = torch.zeros(0), 0, 0
+
+    def _sources(self, start: int, end: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Source index and weight of outputs ``start..end-1``, rounded as PyTorch rounds them
+        (in float32 for float32/float16/bfloat16 signals), so that long signals match too."""
+        math_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        scale = torch.tensor(1.0 / self.factor, dtype=math_dtype).double()
+        positions = torch.arange(start, end, dtype=torch.float64)
+        # PyTorch computes scale * (j + 0.5) - 0.5 as one fused multiply-add in math_dtype:
+        # exact in float64, then rounded once
+        src = (scale * (positions + 0.5) - 0.5).to(math_dtype).clamp(min=0)
+        low = src.to(torch.long)
+        return low, src - low.to(math_dtype)
+
+    def step(self, args: list[Any], final: bool) -> Any:
+        block = args[0]
+        held = self._last.shape[self.axis] if self._last.dim() > 1 else 0
+        first = self._seen - held  # input index of data's first sample
+        data = block if held == 0 else torch.cat([self._last, block], self.axis)
+        self._seen += block.shape[self.axis]
+        end = self._seen * self.factor
+        if not final:  # only outputs whose next sample has arrived
+            low, _ = self._sources(self._emitted, end, data.dtype)
+            end = self._emitted + int((low + 1 <= self._seen - 1).sum())
+        low, weight = self._sources(self._emitted, end, data.dtype)
+        high = torch.clamp(low + 1, max=self._seen - 1)
+        shape = [1] * data.dim()
+        shape[self.axis] = end - self._emitted
+        weight = weight.to(data.dtype).view(shape)
+        out = (1 - weight) * data.index_select(self.axis, low - first) + weight * data.index_select(
+            self.axis, high - first
+        )
+        self._emitted = end
+        keep = min(2, data.shape[self.axis])
+        self._last = data.narrow(self.axis, data.shape[self.axis] - keep, keep).detach()
+        if final:
+            self.reset()
+        return out
+
+
 def _upsample_handler(node: fx.Node, axis: int) -> Handler:
     a: list[Any] = [*node.args, None, None, None]
-    scales = a[2]
+    scales = a[3] if node.target is aten.upsample_linear1d.vec else a[2]
     rank = a[0].meta["val"].dim()
     if axis != rank - 1 or a[1] is not None or scales is None or len(scales) != 1:
         raise refuse(node, "it resizes to a fixed size", "upsample by an integer scale_factor")
@@ -521,6 +625,34 @@ def build_handler(node: fx.Node, leaves: Optional[dict[str, nn.Module]] = None) 
     a: list[Any]
     if target is aten.upsample_nearest1d.vec and axis_in >= 0:
         return _upsample_handler(node, axis_in)
+    if target is aten.upsample_linear1d.vec and axis_in >= 0:
+        a = [*node.args, None, None, None]
+        if a[2]:
+            raise refuse(
+                node,
+                "align_corners=True scales by (T-1)/(sT-1), which depends on the whole length",
+                "use align_corners=False",
+            )
+        factor = _upsample_handler(node, axis_in)
+        assert isinstance(factor, NearestUpsample)
+        return LinearUpsample(factor.factor, axis_in)
+    if target in (aten.reshape.default, aten.view.default) and axis_in >= 0:
+        return _reshape_handler(node, axis_in)
+    if target is aten.matmul.default and axis_in >= 0:
+        left, right = node.args[0], node.args[1]
+        operand_axes = [time_axis(n) if isinstance(n, fx.Node) else None for n in (left, right)]
+        if operand_axes[0] is not None and operand_axes[1] is not None:
+            raise refuse(
+                node,
+                "it multiplies two tensors that both run along time (attention)",
+                "use causal attention in a registered streamer",
+            )
+        ranks = [n.meta["val"].dim() for n in (left, right)]  # type: ignore[union-attr]
+        if (operand_axes[0] is not None and operand_axes[0] == ranks[0] - 1) or (
+            operand_axes[1] is not None and operand_axes[1] == ranks[1] - 2
+        ):
+            raise refuse(node, "it sums over the time axis", "multiply over channels per time step")
+        return Aligned(lambda *b: target(*b), *_flat_positions(node))
     if target is aten.repeat_interleave.self_int and axis_in >= 0:
         a = [*node.args, None, None]
         if a[2] is None:

@@ -63,7 +63,8 @@ def _pool_shapes(pool: nn.MaxPool1d) -> Callable[[Tensor], list[list[Any]]]:
     def shapes(x: Tensor) -> list[list[Any]]:
         kernel, stride = int(pool.kernel_size), int(pool.stride)  # type: ignore[arg-type]
         padding, dilation = int(pool.padding), int(pool.dilation)  # type: ignore[arg-type]
-        length = (x.shape[-1] + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+        extra = stride - 1 if pool.ceil_mode else 0  # with no padding, no window to drop
+        length = (x.shape[-1] + 2 * padding - dilation * (kernel - 1) - 1 + extra) // stride + 1
         return [[*x.shape[:-1], length]]
 
     return shapes
@@ -120,10 +121,15 @@ def leaf_modules(
         if _registered(module) is not None and path in out_channels:
             found[path] = (module, _registered_shapes(path, module, out_channels[path]), "tensor")
         elif isinstance(module, nn.MaxPool1d):
-            if module.ceil_mode or module.return_indices:
+            span = int(module.dilation) * (int(module.kernel_size) - 1) + 1  # type: ignore[arg-type]
+            ceil_unsupported = module.ceil_mode and (
+                int(module.padding) > 0 or span < int(module.stride)  # type: ignore[arg-type]
+            )
+            if ceil_unsupported or module.return_indices:
                 raise NotStreamableError(
-                    f"Cannot stream layer '{path}' (MaxPool1d) in a graph stream with ceil_mode or "
-                    "return_indices yet; use ceil_mode=False, or stream an nn.Sequential."
+                    f"Cannot stream layer '{path}' (MaxPool1d) in a graph stream with "
+                    "return_indices, or with ceil_mode together with padding or a stride longer "
+                    "than the window; drop them, or stream an nn.Sequential."
                 )
             found[path] = (module, _pool_shapes(module), "tensor")
         elif isinstance(module, nn.RNNBase):

@@ -19,7 +19,7 @@ from torchstreamer.base import BaseStream
 from torchstreamer.errors import StreamInputError
 from torchstreamer.graph.analysis import refuse, time_axis, time_length
 from torchstreamer.graph.capture import capture
-from torchstreamer.graph.handlers import Handler, TimeSlice, build_handler
+from torchstreamer.graph.handlers import Handler, Reshape, TimeSlice, build_handler
 
 __all__ = ["GraphStream", "stream"]
 
@@ -66,7 +66,7 @@ class GraphStream(BaseStream):
                 handlers[node.name] = build_handler(node, leaves)
                 self._timed.add(node.name)
                 if any(n.name in self._symbolic for n in inputs) and not isinstance(
-                    handlers[node.name], TimeSlice
+                    handlers[node.name], (TimeSlice, Reshape)
                 ):
                     raise refuse(
                         node, "it uses the length of the signal, which is unknown while streaming"

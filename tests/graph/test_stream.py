@@ -420,3 +420,27 @@ def test_graph_state_stays_bounded(zoo) -> None:
             stream(torch.randn(1, 1, i % 5))
         assert all(v.numel() <= max(sizes[k], 64) for k, v in stream.get_state().items())
         stream.reset()
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding"), [(3, 2, 1), (2, 3, 0), (4, 3, 2), (3, 1, 1)]
+)
+def test_max_pool_with_ceil_mode_and_padding(kernel: int, stride: int, padding: int) -> None:
+    model = Chain(
+        nn.Conv1d(2, 2, 3, padding=1), nn.MaxPool1d(kernel, stride, padding, ceil_mode=True)
+    )
+    stream = pts.stream(model, torch.randn(1, 2, 64))
+    with torch.no_grad():
+        for length in (40, 41, 42, 43):
+            x = torch.randn(1, 2, length)
+            assert_matches(run(stream, x, [7, 0, 1]), model(x))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_graph_stream_on_cuda() -> None:
+    model = models.HifiGanShaped().eval().cuda()
+    stream = pts.stream(model, torch.randn(1, 2, 64, device="cuda"))
+    x = torch.randn(2, 2, 300, device="cuda")
+    with torch.no_grad():
+        y = run(stream, x, [1, 0, 17, 64])
+        torch.testing.assert_close(y, model(x), rtol=1e-4, atol=1e-4)

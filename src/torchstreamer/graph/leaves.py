@@ -63,8 +63,11 @@ def _pool_shapes(pool: nn.MaxPool1d) -> Callable[[Tensor], list[list[Any]]]:
     def shapes(x: Tensor) -> list[list[Any]]:
         kernel, stride = int(pool.kernel_size), int(pool.stride)  # type: ignore[arg-type]
         padding, dilation = int(pool.padding), int(pool.dilation)  # type: ignore[arg-type]
-        extra = stride - 1 if pool.ceil_mode else 0  # with no padding, no window to drop
-        length = (x.shape[-1] + 2 * padding - dilation * (kernel - 1) - 1 + extra) // stride + 1
+        total = x.shape[-1]
+        extra = stride - 1 if pool.ceil_mode else 0
+        length = (total + 2 * padding - dilation * (kernel - 1) - 1 + extra) // stride + 1
+        if pool.ceil_mode:  # the last window must start inside the signal or the left padding
+            length = torch.sym_ite((length - 1) * stride >= total + padding, length - 1, length)
         return [[*x.shape[:-1], length]]
 
     return shapes
@@ -121,15 +124,10 @@ def leaf_modules(
         if _registered(module) is not None and path in out_channels:
             found[path] = (module, _registered_shapes(path, module, out_channels[path]), "tensor")
         elif isinstance(module, nn.MaxPool1d):
-            span = int(module.dilation) * (int(module.kernel_size) - 1) + 1  # type: ignore[arg-type]
-            ceil_unsupported = module.ceil_mode and (
-                int(module.padding) > 0 or span < int(module.stride)  # type: ignore[arg-type]
-            )
-            if ceil_unsupported or module.return_indices:
+            if module.return_indices:
                 raise NotStreamableError(
-                    f"Cannot stream layer '{path}' (MaxPool1d) in a graph stream with "
-                    "return_indices, or with ceil_mode together with padding or a stride longer "
-                    "than the window; drop them, or stream an nn.Sequential."
+                    f"Cannot stream layer '{path}' (MaxPool1d): it returns indices, which count "
+                    "from the start of the block and not of the signal; drop return_indices."
                 )
             found[path] = (module, _pool_shapes(module), "tensor")
         elif isinstance(module, nn.RNNBase):

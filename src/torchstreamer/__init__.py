@@ -17,6 +17,7 @@ Example:
 from torchstreamer.base import BaseStream
 from torchstreamer.errors import NotStreamableError, StreamError, StreamInputError
 from torchstreamer.graph.stream import GraphStream, stream
+from torchstreamer.step.padded import PaddedConv1d
 from torchstreamer.streams.containers import Residual1d, Residual1dStream, Sequential1dStream
 from torchstreamer.streams.conv import Conv1dStream, ConvTranspose1dStream
 from torchstreamer.streams.elementwise import Elementwise1dStream
@@ -32,6 +33,7 @@ __all__ = [
     "GraphStream",
     "NotStreamableError",
     "Pad1dStream",
+    "PaddedConv1d",
     "Pool1dStream",
     "Residual1d",
     "Residual1dStream",

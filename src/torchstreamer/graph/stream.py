@@ -138,7 +138,7 @@ class GraphStream(BaseStream):
     @property
     def receptive_field(self) -> int:
         """Input samples that one output depends on (from the gradient of an output in the
-        middle of a random signal, over a few signals)."""
+        middle of a random signal, over several signals)."""
         if self._receptive_field is None:
             self._receptive_field = self._measure_receptive_field()
         return self._receptive_field
@@ -185,7 +185,7 @@ class GraphStream(BaseStream):
         x = self._probe_signal()
         axis = time_axis(self._outputs[0])
         low, high = x.shape[self._axis], -1
-        for seed in range(3):
+        for seed in range(16):  # several signals: a ReLU may block the gradient of one
             probe = x.clone() if seed == 0 else torch.randn_like(x)
             probe.requires_grad_(True)
             y = self.model(probe)

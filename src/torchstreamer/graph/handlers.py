@@ -608,7 +608,7 @@ def build_handler(node: fx.Node, leaves: Optional[dict[str, nn.Module]] = None) 
                 "Linear acts on the last axis, which is time here",
                 "transpose so that channels are last, as a per-step Linear needs",
             )
-        return Aligned(lambda *a: target(*a), *_flat_positions(node))
+        return _aligned(node)
     if target is aten.layer_norm.default:
         normalized: Any = node.args[1]
         if axis_in >= rank - len(normalized):
@@ -617,7 +617,7 @@ def build_handler(node: fx.Node, leaves: Optional[dict[str, nn.Module]] = None) 
                 "it normalises over the time axis",
                 "normalise over channels per time step (transpose so that channels are last)",
             )
-        return Aligned(lambda *a: target(*a), *_flat_positions(node))
+        return _aligned(node)
     if (target is aten.batch_norm.default and node.args[5]) or (
         target is aten.dropout.default and node.args[2]
     ):
@@ -652,14 +652,14 @@ def build_handler(node: fx.Node, leaves: Optional[dict[str, nn.Module]] = None) 
             operand_axes[1] is not None and operand_axes[1] == ranks[1] - 2
         ):
             raise refuse(node, "it sums over the time axis", "multiply over channels per time step")
-        return Aligned(lambda *b: target(*b), *_flat_positions(node))
+        return _aligned(node)
     if target is aten.repeat_interleave.self_int and axis_in >= 0:
         a = [*node.args, None, None]
         if a[2] is None:
             raise refuse(node, "it flattens the tensor", "repeat along a given dim")
         if int(a[2]) % a[0].meta["val"].dim() == axis_in:
             return NearestUpsample(int(a[1]), axis_in)
-        return Aligned(lambda *b: target(*b), *_flat_positions(node))
+        return _aligned(node)
     if target is aten.cumsum.default and axis_in >= 0:
         a = list(node.args)
         if int(a[1]) % a[0].meta["val"].dim() == axis_in:
@@ -680,13 +680,20 @@ def build_handler(node: fx.Node, leaves: Optional[dict[str, nn.Module]] = None) 
             f"its inputs have different lengths ({', '.join(sorted(lengths))}), so they "
             "cannot be aligned step by step",
         )
-    positions, axes = _flat_positions(node)
+    return _aligned(node)
+
+
+def _aligned(node: fx.Node) -> Aligned:
+    """The op of ``node`` applied to index-aligned blocks, with its keyword arguments."""
     kwargs = dict(node.kwargs)
+    if any(isinstance(v, fx.Node) for v in kwargs.values()):
+        raise refuse(node, "a keyword argument is computed in the graph")
+    target = node.target
 
     def op(*args: Any) -> Any:
         return target(*args, **kwargs)  # type: ignore[operator]
 
-    return Aligned(op, positions, axes)
+    return Aligned(op, *_flat_positions(node))
 
 
 def _time_slice(node: fx.Node, axis: int) -> Handler:

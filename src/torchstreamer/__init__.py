@@ -17,6 +17,7 @@ Example:
 from torchstreamer.base import BaseStream
 from torchstreamer.errors import NotStreamableError, StreamError, StreamInputError
 from torchstreamer.graph.stream import GraphStream, stream
+from torchstreamer.step.model import StepModel, streaming_transform
 from torchstreamer.step.padded import PaddedConv1d
 from torchstreamer.streams.containers import Residual1d, Residual1dStream, Sequential1dStream
 from torchstreamer.streams.conv import Conv1dStream, ConvTranspose1dStream
@@ -38,11 +39,13 @@ __all__ = [
     "Residual1d",
     "Residual1dStream",
     "Sequential1dStream",
+    "StepModel",
     "StreamError",
     "StreamInputError",
     "create_stream",
     "register_streamer",
     "stream",
+    "streaming_transform",
     "unregister_streamer",
 ]
 

@@ -20,6 +20,7 @@ from torchstreamer.errors import StreamInputError
 from torchstreamer.graph.analysis import refuse, time_axis, time_length
 from torchstreamer.graph.capture import capture
 from torchstreamer.graph.handlers import Handler, Reshape, TimeSlice, build_handler
+from torchstreamer.graph.leaves import LEAF_OP
 
 __all__ = ["GraphStream", "stream"]
 
@@ -35,6 +36,7 @@ class GraphStream(BaseStream):
         self._axis = axis % example.dim()
         self._example_shape = list(example.shape)
         program, leaves = capture(model, example, self._axis)
+        self._leaves = leaves
         self._graph = program.graph
         signature = program.graph_signature
         self._sources: dict[str, str] = {
@@ -113,6 +115,22 @@ class GraphStream(BaseStream):
             y = results[0]
             return None if y.shape[time_axis(self._outputs[0])] == 0 else y
         return tuple(results)
+
+    def offline_values(self, x: Tensor) -> dict[str, Any]:
+        """Every node's value when the captured graph runs offline on the whole signal ``x``
+        (what the step-model transform reads constants and edge values from)."""
+        env: dict[str, Any] = {}
+        for node in self._graph.nodes:
+            if node.op == "placeholder":
+                env[node.name] = x if node is self._input else self._source(node.name)
+            elif node.op == "call_function":
+                args = fx.node.map_arg(node.args, lambda n: env[n.name])
+                kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
+                if node.target is LEAF_OP:
+                    env[node.name] = _run_leaf(self._leaves[str(args[1])], args[0])
+                else:
+                    env[node.name] = node.target(*args, **kwargs)
+        return env
 
     @property
     def rate(self) -> Fraction:
@@ -256,6 +274,15 @@ class GraphStream(BaseStream):
         self._batch = -1
         for handler in self.handlers.values():
             handler.reset()  # type: ignore[operator]
+
+
+def _run_leaf(module: nn.Module, x: Tensor) -> list[Tensor]:
+    """What the leaf op returns for ``module`` on ``x``: its outputs, flattened."""
+    result = module(x)
+    flat: list[Tensor] = []
+    for part in result if isinstance(result, tuple) else [result]:
+        flat.extend(part if isinstance(part, tuple) else [part])
+    return flat
 
 
 def stream(model: nn.Module, example: Tensor, axis: int = -1) -> GraphStream:

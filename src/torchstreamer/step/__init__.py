@@ -1,1 +1,1 @@
-"""Step models: one data point per call (the Vollo flow). Work in progress: `PaddedConv1d`."""
+"""Step models: a causal model as a function of one data point, with its state inside."""

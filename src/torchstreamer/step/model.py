@@ -1,0 +1,278 @@
+"""`StepModel` and `streaming_transform`: one data point in, one data point out, state inside."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import Tensor, fx, nn
+
+from torchstreamer.errors import StreamError, StreamInputError
+from torchstreamer.step.codegen import compile_graph
+from torchstreamer.step.rewrite import StepGraph, build_step_graph
+
+__all__ = ["StepModel", "streaming_transform"]
+
+Outputs = Union[Tensor, tuple[Tensor, ...]]
+
+
+def _inplace_graph(step: StepGraph) -> fx.Graph:
+    """The pure step graph rewritten to read its state from buffers and write it back in place
+    (``copy_``) as soon as each new state is computed; it returns only the model's outputs."""
+    graph = fx.Graph()
+    mapping: dict[fx.Node, fx.Node] = {}
+    output = next(n for n in step.graph.nodes if n.op == "output")
+    results = list(output.args[0])
+    placeholders = [n for n in step.graph.nodes if n.op == "placeholder"]
+    writes: dict[fx.Node, list[str]] = {}
+    for spec, new in zip(step.states, results[step.outputs :]):
+        writes.setdefault(new, []).append(spec.name)
+    for node in step.graph.nodes:
+        if node.op == "placeholder":
+            index = placeholders.index(node)
+            mapping[node] = (
+                graph.placeholder(node.name)
+                if index == 0
+                else graph.get_attr(step.states[index - 1].name)
+            )
+        elif node.op == "output":
+            ys = [mapping[n] for n in results[: step.outputs]]
+            graph.output(ys[0] if len(ys) == 1 else tuple(ys))
+        else:
+            mapping[node] = graph.node_copy(node, lambda n: mapping[n])
+            for name in writes.get(node, []):
+                graph.call_method("copy_", (graph.get_attr(name), mapping[node]))
+    return graph
+
+
+class StepModel(nn.Module):
+    """A causal model as a step function: ``step(x_t)`` takes one data point (the model's input
+    without its time axis), returns the model's output at that time step and updates its state.
+
+    Built by :func:`streaming_transform`. The state is a fixed set of buffers, allocated once and
+    written in place; :attr:`state_names` lists them. The model's weights are copied when the
+    step model is built: transform again after changing them.
+
+    Example:
+        >>> import torch
+        >>> import torchstreamer as pts
+        >>> model = torch.nn.Sequential(pts.PaddedConv1d(2, 4, 3), torch.nn.ReLU()).eval()
+        >>> x = torch.randn(1, 2, 10)
+        >>> step, axis = pts.streaming_transform(model, x, 2)
+        >>> y = torch.stack([step(x[:, :, t]) for t in range(10)], axis)
+        >>> torch.allclose(y, model(x), atol=1e-6)
+        True
+    """
+
+    def __init__(self, step: StepGraph, label: str) -> None:
+        super().__init__()
+        self._label = label
+        self.state_names: tuple[str, ...] = tuple(spec.name for spec in step.states)
+        self.output_axes: tuple[int, ...] = tuple(step.output_axes)
+        self.layers: tuple[str, ...] = tuple(spec.layer for spec in step.states)
+        self._outputs = step.outputs
+        self._input_shape = torch.Size(step.input_shape)
+        root = step.root
+        self.initial = nn.Module()  # the state at the start of a signal
+        for spec in step.states:
+            root.register_buffer(spec.name, spec.initial.clone())
+            self.initial.register_buffer(spec.name, spec.initial.clone())
+        graph = _inplace_graph(step)
+        self.step_function = fx.GraphModule(root, graph, class_name="Step")
+        self._inplace = graph
+        self._pure_graph = step.graph
+        self._bind()
+
+    def _bind(self) -> None:
+        """(Re)generate the fast function over the current tensors, and note the dtype and
+        device that inputs must have."""
+        self._fast = compile_graph(self._inplace, self.step_function)
+        floating = [t for t in self.step_function.buffers() if t.is_floating_point()]
+        self._dtype: Optional[torch.dtype] = floating[0].dtype if floating else None
+        self._device: Optional[torch.device] = floating[0].device if floating else None
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> StepModel:
+        result = super()._apply(fn, recurse)
+        self._bind()  # .to(), .cuda(), .double() replace the tensors
+        return result
+
+    # -- running ------------------------------------------------------------------------
+
+    def forward(self, x: Tensor) -> Outputs:
+        """Run one time step on ``x`` (shaped like the example input without its time axis)."""
+        if x.shape != self._input_shape or (
+            self._dtype is not None and (x.dtype != self._dtype or x.device != self._device)
+        ):
+            self._refuse(x)
+        if torch.compiler.is_compiling():  # let the compiler see the module and its buffers
+            return self.step_function(x)
+        if torch.is_grad_enabled():  # the state must not record autograd history
+            with torch.no_grad():
+                return self._fast(x)
+        return self._fast(x)
+
+    def _refuse(self, x: Tensor) -> None:
+        if x.shape != self._input_shape:
+            raise StreamInputError(
+                f"The {self._label} takes one data point shaped {list(self._input_shape)} per "
+                f"call but got shape {list(x.shape)}."
+            )
+        raise StreamInputError(
+            f"The {self._label} computes in {self._dtype} on {self._device} but got {x.dtype} "
+            f"on {x.device}; convert the input or the step model."
+        )
+
+    # -- state ----------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Start a new signal: every state back to its initial value, in place."""
+        with torch.no_grad():
+            for name in self.state_names:
+                self.step_function.get_buffer(name).copy_(self.initial.get_buffer(name))
+
+    def snapshot(self) -> dict[str, Tensor]:
+        """A copy of the state, by name: :meth:`restore` (here or on another step model of the
+        same model) continues the stream bit-identically."""
+        return {name: self.step_function.get_buffer(name).clone() for name in self.state_names}
+
+    def restore(self, snapshot: dict[str, Tensor]) -> None:
+        """Load a state from :meth:`snapshot` (copied in place: buffers keep their storage).
+
+        Raises:
+            StreamError: names, shapes or dtypes do not match this step model's state.
+        """
+        missing = sorted(set(self.state_names) - set(snapshot))
+        extra = sorted(set(snapshot) - set(self.state_names))
+        if missing or extra:
+            raise StreamError(
+                f"The snapshot does not fit this step model: missing {missing}, unexpected {extra}."
+            )
+        for name in self.state_names:
+            own, value = self.step_function.get_buffer(name), snapshot[name]
+            if value.shape != own.shape or value.dtype != own.dtype:
+                raise StreamError(
+                    f"State '{name}' must be {own.dtype} shaped {list(own.shape)} but the "
+                    f"snapshot has {value.dtype} shaped {list(value.shape)}."
+                )
+        with torch.no_grad():
+            for name in self.state_names:
+                self.step_function.get_buffer(name).copy_(snapshot[name])
+
+    def initial_state(self) -> tuple[Tensor, ...]:
+        """The state at the start of a signal, in :attr:`state_names` order (for :meth:`pure`)."""
+        return tuple(self.initial.get_buffer(name).clone() for name in self.state_names)
+
+    # -- other forms ----------------------------------------------------------------------
+
+    def pure(self) -> fx.GraphModule:
+        """The step as a pure function ``(x_t, *state) -> (*y_t, *new_state)``: no buffers
+        change, the state goes in and out (the form of :func:`torchstreamer.export_onnx`)."""
+        return fx.GraphModule(self.step_function, self._pure_graph, class_name="PureStep")
+
+    def cuda_graph(self, warmup: int = 3) -> Callable[[Tensor], Outputs]:
+        """A function that runs this step by replaying a captured CUDA graph (one launch per
+        step). The step model must be on a CUDA device; it and the returned function share the
+        state buffers. Each call returns fresh output tensors.
+
+        Raises:
+            StreamError: the step model is not on a CUDA device.
+        """
+        reference = next(iter(self.step_function.buffers()), None)
+        if reference is None or reference.device.type != "cuda":
+            raise StreamError(
+                f"The {self._label} must be on a CUDA device to capture a CUDA graph; call "
+                ".to('cuda') first."
+            )
+        static_x = torch.zeros(self._input_shape, dtype=reference.dtype, device=reference.device)
+        saved = self.snapshot()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad():
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    self.step_function(static_x)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_y = self.step_function(static_x)
+        self.restore(saved)
+
+        def replay(x: Tensor) -> Outputs:
+            if x.shape != self._input_shape or x.dtype != static_x.dtype:
+                self._refuse(x)
+            static_x.copy_(x)
+            graph.replay()
+            if isinstance(static_y, tuple):
+                return tuple(y.clone() for y in static_y)
+            return static_y.clone()
+
+        return replay
+
+    def extra_repr(self) -> str:
+        return f"input {list(self._input_shape)}, state {list(self.state_names)}"
+
+
+def streaming_transform(
+    model: nn.Module, example_input: Tensor, axis: int = -1
+) -> tuple[StepModel, Any]:
+    """Turn a causal model into a step model that takes one data point per call.
+
+    ``axis`` is the sequence axis of ``example_input``. ``step(x_t)`` takes ``example_input``
+    without that axis (same batch size) and returns the model's output at that time step;
+    stacking the outputs along ``output_axis`` reproduces ``model(x)``. Models qualify when every
+    output sample depends only on inputs up to its own time (latency 0) and the output has one
+    sample per input sample (rate 1): causal convolutions (:class:`PaddedConv1d`), residual and
+    gated blocks, concatenations, ``nn.LSTM``/``nn.GRU``/``nn.RNN``, per-step ``Linear`` and
+    ``LayerNorm``, stride-1 pools, ``cumsum`` over time.
+
+    Returns:
+        ``(step, output_axis)``: a :class:`StepModel` and the time axis of the model's output
+        (a tuple of axes when the model returns several tensors).
+
+    Raises:
+        NotStreamableError: the model needs lookahead, changes the rate, or cannot stream; the
+            message names the layer and points to :func:`torchstreamer.stream`.
+
+    Example:
+        >>> import torch
+        >>> import torchstreamer as pts
+        >>> conv = pts.PaddedConv1d(3, 1, 5).eval()
+        >>> x = torch.randn(2, 3, 20)  # two independent streams
+        >>> step, axis = pts.streaming_transform(conv, x, 2)
+        >>> y = torch.stack([step(x[..., t]) for t in range(20)], axis)
+        >>> torch.allclose(y, conv(x), atol=1e-6)
+        True
+    """
+    axis = axis % max(example_input.dim(), 1)
+    was_training = model.training
+    model.eval()
+    try:
+        step_graph = build_step_graph(model, example_input, axis)
+    finally:
+        model.train(was_training)
+    step = StepModel(step_graph, f"step model of {type(model).__name__}")
+    _check_against_offline(step, model, example_input, axis)
+    axes = step.output_axes
+    return step, axes[0] if len(axes) == 1 else axes
+
+
+def _check_against_offline(step: StepModel, model: nn.Module, x: Tensor, axis: int) -> None:
+    """Step through the start of the example and compare with the offline model: a guard
+    against a rewrite that would be silently wrong."""
+    length = min(x.shape[axis], 64)
+    with torch.no_grad():
+        expected = model(x.narrow(axis, 0, length))
+        outputs = [step(x.select(axis, t)) for t in range(length)]
+    step.reset()
+    expected_list = list(expected) if isinstance(expected, tuple) else [expected]
+    for i, (offline, out_axis) in enumerate(zip(expected_list, step.output_axes)):
+        streamed = torch.stack([o[i] if isinstance(o, tuple) else o for o in outputs], out_axis)
+        scale = float(offline.abs().max()) if offline.numel() else 0.0
+        if streamed.shape != offline.shape or not torch.allclose(
+            streamed, offline, rtol=1e-4, atol=1e-5 * max(1.0, scale)
+        ):
+            raise StreamError(
+                f"The {step._label} does not reproduce the model on the example (output {i}); "
+                "this is a bug of torch-streamer: please report it with the model. "
+                "torchstreamer.stream(model, example) streams it meanwhile."
+            )

@@ -17,6 +17,7 @@ Example:
 from torchstreamer.base import BaseStream
 from torchstreamer.errors import NotStreamableError, StreamError, StreamInputError
 from torchstreamer.graph.stream import GraphStream, stream
+from torchstreamer.step.export import export_onnx, export_step, read_onnx_state
 from torchstreamer.step.model import StepModel, streaming_transform
 from torchstreamer.step.padded import PaddedConv1d
 from torchstreamer.streams.containers import Residual1d, Residual1dStream, Sequential1dStream
@@ -43,6 +44,9 @@ __all__ = [
     "StreamError",
     "StreamInputError",
     "create_stream",
+    "export_onnx",
+    "export_step",
+    "read_onnx_state",
     "register_streamer",
     "stream",
     "streaming_transform",

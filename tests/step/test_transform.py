@@ -314,3 +314,31 @@ def test_misaligned_branches_are_refused() -> None:
 
     with pytest.raises(pts.NotStreamableError, match="shifted in time"):
         pts.streaming_transform(Shifted(), torch.randn(1, 2, 32), 2)
+
+
+@pytest.mark.parametrize(
+    "rnn",
+    [
+        nn.LSTM(3, 5, num_layers=2, proj_size=2, batch_first=True),
+        nn.RNN(3, 4, num_layers=2, nonlinearity="relu", batch_first=True),
+        nn.GRU(3, 4, num_layers=3, bias=False, batch_first=True),
+    ],
+    ids=["lstm-projection", "rnn-relu", "gru-no-bias"],
+)
+@pytest.mark.parametrize("batched", [True, False])
+def test_recurrent_layer_variants(rnn: nn.RNNBase, batched: bool) -> None:
+    class Recurrent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = rnn
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x)[0]
+
+    model = Recurrent().eval()
+    x = torch.randn(2, 80, 3) if batched else torch.randn(80, 3)
+    axis = 1 if batched else 0
+    step, output_axis = pts.streaming_transform(model, x, axis)
+    expected = offline(model, x)
+    streamed = run_steps(step, x, axis, output_axis)
+    torch.testing.assert_close(streamed, expected, rtol=RTOL, atol=ATOL)

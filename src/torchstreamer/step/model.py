@@ -167,7 +167,7 @@ class StepModel(nn.Module):
     def pure(self) -> fx.GraphModule:
         """The step as a pure function ``(x_t, *state) -> (*y_t, *new_state)``: no buffers
         change, the state goes in and out (the form of :func:`torchstreamer.export_onnx`)."""
-        return fx.GraphModule(self.step_function, self._pure_graph, class_name="PureStep")
+        return fx.GraphModule(self.step_function, self._pure_graph, class_name="PureStep").eval()
 
     def cuda_graph(self, warmup: int = 3) -> Callable[[Tensor], Outputs]:
         """A function that runs this step by replaying a captured CUDA graph (one launch per

@@ -433,8 +433,6 @@ class _Builder:
         source = node.args[0]
         assert isinstance(source, fx.Node)
         axis = 1 if rnn.batch_first else 0
-        name = f"rnn_{len(self.states):02d}"
-        self.root.add_module(name, rnn)
         x = self.values[source.name]
         batched = x.dim() == 3
         width = rnn.proj_size if getattr(rnn, "proj_size", 0) else rnn.hidden_size
@@ -448,18 +446,50 @@ class _Builder:
         lstm = isinstance(rnn, nn.LSTM)
         h_state = self.state(node, "hidden", h)
         c_state = self.state(node, "cell", c) if lstm else None
-        step_in = self.method("unsqueeze", self.env[source.name], axis)
-        hidden_in = (h_state, c_state) if lstm else h_state
-        result = self.graph.call_module(name, (step_in, hidden_in))
-        out = self.method("squeeze", self.call(operator.getitem, result, 0), axis)
-        hidden_out = self.call(operator.getitem, result, 1)
-        if lstm:
-            assert c_state is not None
-            self.update(h_state, self.call(operator.getitem, hidden_out, 0))
-            self.update(c_state, self.call(operator.getitem, hidden_out, 1))
-        else:
-            self.update(h_state, hidden_out)
-        self.env[node.name] = [out, None, None]
+        step_in = self.env[source.name]
+        if not batched:
+            step_in = self.method("unsqueeze", step_in, 0)
+        hs, cs = [], []
+        for layer in range(rnn.num_layers):
+            weights = [
+                self.constant(getattr(rnn, f"{kind}_l{layer}"))
+                if getattr(rnn, f"{kind}_l{layer}", None) is not None
+                else None
+                for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            ]
+            h_in = self.method("select", h_state, 0, layer)
+            if not batched:
+                h_in = self.method("unsqueeze", h_in, 0)
+            if lstm:
+                assert c_state is not None
+                c_in = self.method("select", c_state, 0, layer)
+                if not batched:
+                    c_in = self.method("unsqueeze", c_in, 0)
+                projection = getattr(rnn, f"weight_hr_l{layer}", None)
+                if projection is None:
+                    cell = self.call(torch.lstm_cell, step_in, [h_in, c_in], *weights)
+                else:
+                    cell = self.call(
+                        _projected_lstm_cell, step_in, h_in, c_in, *weights,
+                        self.constant(projection),
+                    )  # fmt: skip
+                h_out = self.call(operator.getitem, cell, 0)
+                cs.append(self.call(operator.getitem, cell, 1))
+            elif isinstance(rnn, nn.GRU):
+                h_out = self.call(torch.gru_cell, step_in, h_in, *weights)
+            else:
+                cell_op = torch.rnn_tanh_cell if rnn.nonlinearity == "tanh" else torch.rnn_relu_cell
+                h_out = self.call(cell_op, step_in, h_in, *weights)
+            hs.append(h_out)
+            step_in = h_out  # dropout between layers is off in eval mode
+        if not batched:
+            step_in = self.method("squeeze", step_in, 0)
+            hs = [self.method("squeeze", v, 0) for v in hs]
+            cs = [self.method("squeeze", v, 0) for v in cs]
+        self.update(h_state, self.call(torch.stack, hs))
+        if c_state is not None:
+            self.update(c_state, self.call(torch.stack, cs))
+        self.env[node.name] = [step_in, None, None]
 
     def leaf(self, node: fx.Node, handler: ListHandler) -> None:
         inner = handler.inner
@@ -584,6 +614,23 @@ class _Builder:
         )
         y = self.method("permute", y, [1, 0, 2])
         self.env[node.name] = self.method("reshape", y, [*lead, out_channels])
+
+
+def _projected_lstm_cell(
+    x: Tensor,
+    h: Tensor,
+    c: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor],
+    b_hh: Optional[Tensor],
+    w_hr: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """One step of an LSTM layer with ``proj_size`` (``torch.lstm_cell`` has no projection)."""
+    gates = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
+    i, f, g, o = gates.chunk(4, -1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return F.linear(torch.sigmoid(o) * torch.tanh(c), w_hr), c
 
 
 def _lookahead(samples: int) -> str:

@@ -51,3 +51,14 @@ def test_a_padded_conv_network_streams_with_zero_latency(sizes: list[int]) -> No
     x = torch.randn(1, 3, 50)
     with torch.no_grad():
         assert_matches(run_stream(stream, x, split_lengths(50, sizes)), model(x))
+
+
+@given(sizes=block_sizes(), scripted=st.booleans())
+def test_module_streams_honour_the_left_padding(sizes: list[int], scripted: bool) -> None:
+    net = nn.Sequential(pts.PaddedConv1d(2, 3, 3, dilation=2), nn.ReLU(), pts.PaddedConv1d(3, 1, 2))
+    stream = pts.Sequential1dStream(net.eval(), padding="model")
+    if scripted:
+        stream = torch.jit.script(stream)
+    x = torch.randn(1, 2, 45)
+    with torch.no_grad():
+        assert_matches(run_stream(stream, x, split_lengths(45, sizes)), net(x))

@@ -50,7 +50,7 @@ class PaddedConv1d(nn.Conv1d):
         self.left_padding = (kernel_size - 1) * dilation
 
     def forward(self, input: Tensor) -> Tensor:
-        return super().forward(F.pad(input, (self.left_padding, 0)))
+        return self._conv_forward(F.pad(input, [self.left_padding, 0]), self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, left_padding={self.left_padding}"

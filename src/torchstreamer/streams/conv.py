@@ -109,6 +109,7 @@ class Conv1dStream(WindowStream):
                     "padding='valid'."
                 )
             mode = _PADDING_MODES.get(conv.padding_mode, "constant")
+            left += int(getattr(conv, "left_padding", 0))  # PaddedConv1d pads in its forward
         span = conv_span(conv.kernel_size[0], conv.dilation[0])
         super().__init__(label, conv.in_channels, span, conv.stride[0], left, right, mode, 0.0)
         self.module = conv

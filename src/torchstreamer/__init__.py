@@ -18,8 +18,8 @@ from torchstreamer.base import BaseStream
 from torchstreamer.errors import NotStreamableError, StreamError, StreamInputError
 from torchstreamer.graph.stream import GraphStream, stream
 from torchstreamer.step.export import export_onnx, export_step, read_onnx_state
-from torchstreamer.step.model import StepModel, streaming_transform
 from torchstreamer.step.padded import PaddedConv1d
+from torchstreamer.step.transform import StepModel, streaming_transform
 from torchstreamer.streams.containers import Residual1d, Residual1dStream, Sequential1dStream
 from torchstreamer.streams.conv import Conv1dStream, ConvTranspose1dStream
 from torchstreamer.streams.elementwise import Elementwise1dStream

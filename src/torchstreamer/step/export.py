@@ -27,7 +27,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from torchstreamer.step.model import StepModel
+from torchstreamer.step.transform import StepModel
 
 __all__ = ["export_onnx", "export_step", "onnx_names", "read_onnx_state"]
 

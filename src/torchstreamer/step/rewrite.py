@@ -1,4 +1,4 @@
-"""`streaming_transform`: a causal model becomes a step model that takes one data point per call.
+"""The rewrite behind `streaming_transform`: a captured graph becomes one time step.
 
 The model is captured as for :func:`torchstreamer.stream`; every node whose value runs along time
 is then rewritten to compute one time step, with the time axis removed:

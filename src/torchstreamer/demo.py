@@ -1,105 +1,167 @@
-"""`make demo`: stream a built-in network and print its exactness and speed.
+"""`make demo`: stream a built-in example over a generated signal, verify it against the offline
+model, print latency and speed, and draw the streamed output beside the offline one.
 
-Streams the original overview's sequential network (``Conv1d``/``GELU``/strided convolutions,
-average pooling, transposed convolutions; 128 channels) over a random signal in blocks of
-several sizes, checks every result against the offline forward and prints a table of the
-maximum error and the cost per input sample, streamed and offline, on one CPU thread.
+The default example is the filter bank (:class:`torchstreamer.examples.models.FilterBank`): a
+chirp, tone bursts and noise go in 10 ms blocks through ``torchstreamer.stream``; the band
+energies that come out must equal the offline model's.
 
 Example:
-    >>> from torchstreamer.demo import measure, seed_network
-    >>> row = measure(seed_network(channels=8), length=256, block=16, repeats=1)
-    >>> row["max_error"] < 1e-5
-    True
+    >>> from torchstreamer.demo import run_demo
+    >>> result = run_demo(seconds=0.25, picture=None, echo=False)
+    >>> result.max_error < 1e-3, result.latency_samples
+    (True, 319)
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import torch
-from torch import nn
+from torch import Tensor
 
-from torchstreamer.streams.containers import Sequential1dStream
+from torchstreamer.examples import DEFAULT_EXAMPLE, load_example
+from torchstreamer.graph.stream import stream
 
-__all__ = ["main", "measure", "seed_network"]
-
-
-def seed_network(channels: int = 128) -> nn.Sequential:
-    """The sequential network of the original torch-streamer overview."""
-    net = nn.Sequential(
-        nn.Conv1d(1, channels, 1), nn.GELU(),
-        nn.Conv1d(channels, channels, 2, stride=2), nn.GELU(),
-        nn.Conv1d(channels, channels, 2, stride=2), nn.AvgPool1d(2),
-        nn.ConvTranspose1d(channels, channels, 2, stride=2), nn.GELU(),
-        nn.ConvTranspose1d(channels, channels, 2, stride=2), nn.GELU(),
-        nn.Conv1d(channels, 1, 1),
-    )  # fmt: skip
-    net.eval()
-    return net
+__all__ = ["DemoResult", "demo_signal", "main", "run_demo"]
 
 
-def _stream_all(stream: Sequential1dStream, x: torch.Tensor, block: int) -> torch.Tensor:
-    outputs = [stream(x[:, i : i + block]) for i in range(0, x.shape[-1], block)]
-    outputs.append(stream(x[:, :0], final=True))
-    return torch.cat([y for y in outputs if y is not None], -1)
+@dataclass
+class DemoResult:
+    """What the demo measured."""
+
+    example: str
+    samples: int
+    max_error: float
+    tolerance: float
+    latency_samples: int
+    receptive_field: int
+    real_time_factor: float
+    call_median_us: float
+    call_p99_us: float
+    picture: Optional[Path]
+
+    @property
+    def exact(self) -> bool:
+        return self.max_error <= self.tolerance
 
 
-def measure(net: nn.Sequential, length: int, block: int, repeats: int = 5) -> dict[str, float]:
-    """Stream a random ``[1, length]`` signal in blocks of ``block``; return error and timings.
-
-    Times are medians over ``repeats`` runs, in microseconds per input sample.
-    """
-    stream = Sequential1dStream(net)
-    x = torch.randn(1, length)
-    stream_times, offline_times = [], []
-    with torch.no_grad():
-        expected = net(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            y = _stream_all(stream, x, block)
-            stream_times.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            net(x)
-            offline_times.append(time.perf_counter() - start)
-    error = float((y - expected).abs().max()) if y.shape == expected.shape else float("inf")
-    stream_us = statistics.median(stream_times) / length * 1e6
-    offline_us = statistics.median(offline_times) / length * 1e6
-    return {
-        "block": block,
-        "max_error": error,
-        "stream_us": stream_us,
-        "offline_us": offline_us,
-        "ratio": stream_us / offline_us,
-    }
+def demo_signal(seconds: float, sample_rate: int = 16000) -> Tensor:
+    """A test signal ``[1, 1, T]``: a chirp from 100 Hz to 6 kHz, 1 kHz tone bursts every half
+    second, and a little noise."""
+    t = torch.arange(int(seconds * sample_rate), dtype=torch.float64) / sample_rate
+    duration = max(seconds, 1e-3)
+    low, high = 100.0, 6000.0
+    phase = 2 * math.pi * low * duration / math.log(high / low)
+    chirp = torch.sin(phase * ((high / low) ** (t / duration) - 1))
+    bursts = torch.sin(2 * math.pi * 1000 * t) * ((t % 0.5) < 0.1)
+    noise = 0.05 * torch.randn(t.shape, generator=torch.Generator().manual_seed(0), dtype=t.dtype)
+    return (0.5 * chirp + 0.5 * bursts + noise).float().view(1, 1, -1)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the demo; return a process exit code (1 when a stream is not exact)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--length", type=int, default=16_384, help="signal length in samples")
-    parser.add_argument("--blocks", default="1,16,256,4096", help="block sizes, comma separated")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per block size")
-    args = parser.parse_args(argv)
-    torch.manual_seed(0)
+def run_demo(
+    example_name: str = DEFAULT_EXAMPLE,
+    seconds: float = 3.0,
+    block: int = 160,
+    picture: Optional[Path] = Path("demo.png"),
+    echo: bool = True,
+) -> DemoResult:
+    """Stream ``seconds`` of signal through the example in blocks of ``block`` samples."""
     torch.set_num_threads(1)
-    net = seed_network()
-    print("Streaming the overview's sequential network (128 channels), one CPU thread,")
-    print(f"a random signal of {args.length} samples; times are medians of {args.repeats} runs.\n")
-    print("| block | max error vs offline | stream us/sample | offline us/sample | ratio |")
-    print("|---:|---:|---:|---:|---:|")
-    exact = True
-    for block in (int(b) for b in args.blocks.split(",")):
-        length = min(args.length, 2048) if block == 1 else args.length
-        row = measure(net, length, block, args.repeats)
-        exact &= row["max_error"] <= 1e-5
-        print(
-            f"| {block} | {row['max_error']:.1e} | {row['stream_us']:.2f} | "
-            f"{row['offline_us']:.2f} | {row['ratio']:.1f} |"
-        )
-    print("\nexact: every stream equals the offline forward" if exact else "\nMISMATCH")
-    return 0 if exact else 1
+    example = load_example(example_name)
+    model = example.model
+    rate = example.sample_rate or 16000
+    if example.channels == [1, 1]:
+        x = demo_signal(seconds, rate)
+    else:
+        x = example.input(int(seconds * rate))
+    s = stream(model, x[..., : min(x.shape[-1], 4096)])
+    outputs, calls = [], []
+    with torch.inference_mode():
+        for start in range(0, x.shape[-1], block):
+            begin = time.perf_counter()
+            y = s(x[..., start : start + block])
+            calls.append(time.perf_counter() - begin)
+            if y is not None:
+                outputs.append(y)
+        last = s(x[..., :0], final=True)
+        if last is not None:
+            outputs.append(last)
+        streamed = torch.cat(outputs, -1)
+        offline = model(x)
+    max_error = float((streamed - offline).abs().max())
+    tolerance = 1e-5 * max(1.0, float(offline.abs().max()))
+    duration = x.shape[-1] / rate
+    result = DemoResult(
+        example_name, x.shape[-1], max_error, tolerance, s.latency, s.receptive_field,
+        sum(calls) / duration, statistics.median(calls) * 1e6,
+        sorted(calls)[int(0.99 * (len(calls) - 1))] * 1e6, None,
+    )  # fmt: skip
+    if picture is not None:
+        result.picture = _draw(x, streamed, offline, example_name, picture)
+    if echo:
+        _print(result, block, rate)
+    return result
+
+
+def _print(result: DemoResult, block: int, rate: int) -> None:
+    ms = 1000 / rate
+    verdict = "exact" if result.exact else "MISMATCH"
+    print(f"torch-streamer demo: '{result.example}', {result.samples} samples in blocks of {block}")
+    print(f"  verified against offline: max |streamed - offline| = {result.max_error:.2e} "
+          f"({verdict}, tolerance {result.tolerance:.1e})")  # fmt: skip
+    print(f"  latency: {result.latency_samples} samples ({result.latency_samples * ms:.1f} ms); "
+          f"receptive field {result.receptive_field} samples "
+          f"({result.receptive_field * ms:.1f} ms)")  # fmt: skip
+    print(f"  speed: real-time factor {result.real_time_factor:.4f} on one thread "
+          f"({1 / max(result.real_time_factor, 1e-12):.0f}x faster than real time); "
+          f"per {block}-sample call median {result.call_median_us:.0f} us, "
+          f"99th percentile {result.call_p99_us:.0f} us")  # fmt: skip
+    print(f"  picture: {result.picture}" if result.picture else "  picture: not drawn")
+
+
+def _draw(x: Tensor, streamed: Tensor, offline: Tensor, name: str, path: Path) -> Optional[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  (matplotlib is not installed: pip install 'torch-streamer[demo]' for the picture)")
+        return None
+    rows = [("input", x[0].reshape(-1, x.shape[-1]))]
+    rows += [("offline model", offline[0]), ("streamed", streamed[0])]
+    rows.append(("|streamed - offline|", (streamed[0] - offline[0]).abs()))
+    figure, axes = plt.subplots(len(rows), 1, figsize=(9, 9))
+    for axis, (title, value) in zip(axes, rows):
+        value = value.detach().float()
+        if value.shape[0] == 1:
+            axis.plot(value[0].numpy(), linewidth=0.3)
+            axis.set_xlim(0, value.shape[-1])
+        else:
+            image = axis.imshow(value.numpy(), aspect="auto", origin="lower", interpolation="none")
+            figure.colorbar(image, ax=axis)
+        axis.set_title(f"{name}: {title}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--example", default=DEFAULT_EXAMPLE)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--block", type=int, default=160)
+    parser.add_argument("--picture", type=Path, default=Path("demo.png"))
+    args = parser.parse_args(argv)
+    result = run_demo(args.example, args.seconds, args.block, args.picture)
+    return 0 if result.exact else 1
 
 
 if __name__ == "__main__":

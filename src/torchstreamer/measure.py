@@ -284,3 +284,38 @@ def _state_growth(runner: Runner, x: Tensor, block: int) -> tuple[Optional[int],
     assert first is not None
     assert second is not None
     return second, second <= first
+
+
+def plot_costs(panels: dict[str, list[dict[str, Any]]], path: Any, ylabel: str) -> Optional[str]:
+    """Draw cost per input sample against block size (log-log), one panel per key of
+    ``panels`` (rows with ``runner``, ``block``, ``us_per_sample``), one line per runner.
+    Returns why nothing was drawn, or ``None``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install 'torch-streamer[bench]'): no plot"
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
+    for axis, (title, rows) in zip(axes[0], panels.items()):
+        names = list(dict.fromkeys(r["runner"] for r in rows))
+        for name in names:
+            mine = sorted(
+                (r for r in rows if r["runner"] == name and r["us_per_sample"]),
+                key=lambda r: r["block"],
+            )
+            if mine:
+                axis.plot([r["block"] for r in mine], [r["us_per_sample"] for r in mine],
+                          marker="o", label=name)  # fmt: skip
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_title(title)
+        axis.set_xlabel("block size (samples)")
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return None

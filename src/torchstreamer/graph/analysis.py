@@ -46,7 +46,9 @@ def describe(node: fx.Node) -> str:
     frames = [
         (trace[i], trace[i + 1] if i + 1 < len(trace) else "")
         for i in range(len(trace))
-        if trace[i].startswith("File ") and "site-packages/torch" not in trace[i]
+        if trace[i].startswith("File ")
+        and "site-packages/torch" not in trace[i]
+        and "torchstreamer/graph/leaves.py" not in trace[i]
     ]
     if frames:
         location, code = frames[-1]

@@ -42,6 +42,16 @@ _ELEMENTWISE = {
     aten.sub.Scalar, aten.div.Scalar, aten.rsub.Scalar, aten.reciprocal.default,
     aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default,
     aten.zeros_like.default, aten.ones_like.default, aten.full_like.default, operator.getitem,
+    aten.square.default, aten.log10.default, aten.log2.default, aten.log1p.default,
+    aten.expm1.default, aten.sign.default, aten.floor.default, aten.ceil.default,
+    aten.round.default, aten.trunc.default, aten.erf.default, aten.tan.default, aten.atan.default,
+    aten.sinh.default, aten.cosh.default, aten.asinh.default, aten.selu.default,
+    aten.celu.default, aten.logit.default, aten.pow.Tensor_Tensor, aten.pow.Scalar,
+    aten.remainder.Scalar, aten.remainder.Tensor, aten.fmod.Scalar, aten.fmod.Tensor,
+    aten.atan2.default, aten.hypot.default, aten.hardshrink.default,
+    aten.softshrink.default, aten.threshold.default, aten.relu6.default,
+    aten.log_sigmoid.default, aten.silu_.default, aten.gelu_.default, aten.tanh_.default,
+    aten.sigmoid_.default, aten.hardtanh_.default, aten.elu_.default, aten.type_as.default,
 }  # fmt: skip
 # ops with a `dim` argument (position 1) that act per time step when it is not time
 _OVER_DIM = {

@@ -179,7 +179,9 @@ def leaves_swapped(
             parent_path, _, name = path.rpartition(".")
             parent = model.get_submodule(parent_path) if parent_path else model
             _ACTIVE[path] = (module, shapes)
-            setattr(parent, name, Leaf(path, structure))
+            # a subclass named after the module, so that graph nodes name the user's layer type
+            stand_in = type(type(module).__name__, (Leaf,), {})(path, structure)
+            setattr(parent, name, stand_in)
             swapped.append((parent, name, module))
         yield {path: entry[0] for path, entry in leaves.items()}
     finally:

@@ -15,11 +15,18 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, fx, nn
 
-from torchstreamer.base import BaseStream
+from torchstreamer.base import BaseStream, Stateful
 from torchstreamer.errors import StreamInputError
 from torchstreamer.graph.analysis import refuse, time_axis, time_length
 from torchstreamer.graph.capture import capture
-from torchstreamer.graph.handlers import Handler, Reshape, TimeSlice, build_handler
+from torchstreamer.graph.handlers import (
+    Handler,
+    ModuleStreamHandler,
+    RecurrentHandler,
+    Reshape,
+    TimeSlice,
+    build_handler,
+)
 from torchstreamer.graph.leaves import LEAF_OP
 
 __all__ = ["GraphStream", "stream"]
@@ -53,6 +60,9 @@ class GraphStream(BaseStream):
         self._batch = -1
         self._latency: Optional[int] = None
         self._receptive_field: Optional[int] = None
+        self._probe_result: Optional[tuple[dict[str, list[int]], dict[str, int]]] = None
+        # when a dict, forward() puts every streamed node's block in it (verify, inspect)
+        self._record: Optional[dict[str, Any]] = None
         handlers: dict[str, Handler] = {}
         self._timed: set[str] = {self._input.name}
         self._symbolic: set[str] = set()
@@ -76,6 +86,7 @@ class GraphStream(BaseStream):
             elif time_axis(node) is not None:
                 raise refuse(node, "its time axis does not come from the input")
         self.handlers = nn.ModuleDict(handlers)
+        self._nodes = {node.name: node for node in self._graph.nodes}
         outputs = next(n for n in self._graph.nodes if n.op == "output").args[0]
         self._outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
         for output in self._outputs:
@@ -106,6 +117,8 @@ class GraphStream(BaseStream):
                 args = fx.node.map_arg(node.args, lambda n: env[n.name])
                 if node.name in self.handlers:
                     env[node.name] = self.handlers[node.name].step(list(args), final)  # type: ignore[operator]
+                    if self._record is not None:
+                        self._record[node.name] = env[node.name]
                 else:
                     kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
                     env[node.name] = node.target(*args, **kwargs)
@@ -136,7 +149,10 @@ class GraphStream(BaseStream):
     def rate(self) -> Fraction:
         """Output samples per input sample (of the first output), e.g. ``Fraction(2)`` for a
         2x upsampler."""
-        expression = time_length(self._outputs[0])
+        return self._rate_of(self._outputs[0])
+
+    def _rate_of(self, node: fx.Node) -> Fraction:
+        expression = time_length(node)
         symbol = next(iter(time_length(self._input).free_symbols))
         low, high = 720720 * 1000, 720720 * 2000  # multiples of every small stride product
         delta = int(expression.subs(symbol, high)) - int(expression.subs(symbol, low))
@@ -169,35 +185,90 @@ class GraphStream(BaseStream):
         return torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
 
     def _measure_latency(self) -> int:
-        # stream on a copy of the handlers (sharing the model's modules), then put them back
+        return self._node_latency(self._outputs[0])
+
+    def _node_latency(self, node: fx.Node) -> int:
+        """Input samples of lookahead at ``node``: the most samples past an output's own position
+        (``j / rate``) that arrived before the stream returned that output."""
+        arrivals, _ = self._probe()
+        rate = self._rate_of(node)
+        worst = 0
+        for j, arrived in enumerate(arrivals.get(node.name, [])):
+            worst = max(worst, arrived - 1 - math.floor(j / rate))
+        return worst
+
+    def _probe(self) -> tuple[dict[str, list[int]], dict[str, int]]:
+        """Stream the probe signal sample by sample through a copy of the handlers (sharing the
+        model's modules): per streamed node, the sample count at which each of its outputs came
+        out, and the bytes of state each handler holds at the end."""
+        if self._probe_result is not None:
+            return self._probe_result
         shared = {
             id(t): t
             for t in [*self.model.modules(), *self.model.parameters(), *self.model.buffers()]
         }
         original, batch = self.handlers, self._batch
         self.handlers = copy.deepcopy(original, shared)
+        arrivals: dict[str, list[int]] = {name: [] for name in self.handlers}
         try:
             self.reset()
-            return self._stream_latency()
+            x = self._probe_signal()
+            with torch.no_grad():
+                for n in range(1, x.shape[self._axis] + 1):
+                    self._record = {}
+                    self(x.narrow(self._axis, n - 1, 1))
+                    for name, block in self._record.items():
+                        node = self._nodes[name]
+                        axis = time_axis(node)
+                        if axis is not None and isinstance(block, Tensor):
+                            arrivals[name].extend([n] * block.shape[axis])
+            sizes = {}
+            for name, handler in self.handlers.items():
+                sizes[name] = sum(
+                    getattr(m, t).numel() * getattr(m, t).element_size()
+                    for m in handler.modules()
+                    if isinstance(m, Stateful)
+                    for t in m._state_tensors
+                )
         finally:
+            self._record = None
             self.handlers, self._batch = original, batch
+        self._probe_result = (arrivals, sizes)
+        return self._probe_result
 
-    def _stream_latency(self) -> int:
-        twin = self
-        x = self._probe_signal()
-        rate = self.rate
-        worst = 0
-        emitted = 0
-        axis = time_axis(self._outputs[0])
-        with torch.no_grad():
-            for n in range(1, x.shape[self._axis] + 1):
-                y = twin(x.narrow(self._axis, n - 1, 1))
-                y = y[0] if isinstance(y, tuple) else y
-                count = 0 if y is None else y.shape[axis]
-                for j in range(emitted, emitted + count):
-                    worst = max(worst, n - 1 - math.floor(j / rate))
-                emitted += count
-        return worst
+    def layers(self) -> list[dict[str, Any]]:
+        """One row per streamed node that runs along time: ``node``, ``op``, ``layer`` (its path
+        in the model), ``length`` (in terms of the input length ``T``), ``rate`` (against the
+        input), ``window`` (input samples the op reads per output: kernel span; ``None`` for
+        recurrent layers, whose memory is unbounded), ``latency`` (lookahead accumulated up to
+        this node, in input samples) and ``state_bytes``."""
+        _, sizes = self._probe()
+        symbol = next(iter(time_length(self._input).free_symbols))
+        rows = []
+        for node in self._graph.nodes:
+            if node.name not in self.handlers or time_axis(node) is None:
+                continue
+            handler = self.handlers[node.name]
+            stack = node.meta.get("nn_module_stack") or {}
+            window: Optional[int] = 1
+            inner = getattr(handler, "inner", handler)
+            if isinstance(inner, RecurrentHandler):
+                window = None
+            elif isinstance(inner, ModuleStreamHandler):
+                window = int(getattr(inner.stream, "_span", 1))
+            rows.append(
+                {
+                    "node": node.name,
+                    "op": str(node.target),
+                    "layer": str(list(stack.values())[-1][0]) if stack else "",
+                    "length": str(time_length(node)).replace(str(symbol), "T"),
+                    "rate": self._rate_of(node),
+                    "window": window,
+                    "latency": self._node_latency(node),
+                    "state_bytes": sizes.get(node.name, 0),
+                }
+            )
+        return rows
 
     def _measure_receptive_field(self) -> int:
         x = self._probe_signal()

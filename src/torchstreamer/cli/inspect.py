@@ -1,0 +1,75 @@
+"""``torchstreamer inspect MODEL``: can it stream, with what latency, state and receptive field."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from torchstreamer.cli.show import message, table
+from torchstreamer.cli.spec import LoadedModel
+from torchstreamer.errors import NotStreamableError
+from torchstreamer.graph.stream import GraphStream, stream
+from torchstreamer.step.transform import streaming_transform
+
+__all__ = ["inspect_model"]
+
+
+def inspect_model(loaded: LoadedModel, sample_rate: Optional[int] = None) -> int:
+    """Print the per-layer table and the totals; exit code 1 when the model cannot stream."""
+    try:
+        graph = stream(loaded.model, loaded.example)
+    except NotStreamableError as error:
+        message(f"{loaded.name} cannot stream.\n{error}", error=True)
+        return 1
+    rate_hz = sample_rate or loaded.sample_rate
+    rows = graph.layers()
+    contributions = _contributions(graph, rows)
+    table(
+        f"{loaded.name}: streamed ops (input shape {list(loaded.example.shape)})",
+        ["layer", "op", "length", "rate", "window", "latency", "+latency", "state bytes"],
+        [
+            [
+                r["layer"] or "(forward)", r["op"].removeprefix("aten.").removesuffix(".default"),
+                r["length"], str(r["rate"]), "unbounded" if r["window"] is None else r["window"],
+                r["latency"], contributions[r["node"]], r["state_bytes"],
+            ]
+            for r in rows
+        ],
+    )  # fmt: skip
+
+    def at_rate(samples: int) -> str:
+        return f"{samples} samples" + (f" ({1000 * samples / rate_hz:.2f} ms)" if rate_hz else "")
+
+    state = sum(r["state_bytes"] for r in rows)
+    message(f"rate: {graph.rate} output samples per input sample")
+    message(f"latency: {at_rate(graph.latency)}")
+    message(f"receptive field: {at_rate(graph.receptive_field)}")
+    message(f"state: {state} bytes for batch size {loaded.example.shape[0]}")
+    message(f"step model: {_step_verdict(loaded)}")
+    return 0
+
+
+def _contributions(graph: GraphStream, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Latency each node adds to the most delayed of its inputs."""
+    latency = {r["node"]: r["latency"] for r in rows}
+
+    def upstream(name: str, seen: set[str]) -> int:
+        best = 0
+        for node in graph._nodes[name].all_input_nodes:
+            if node.name in seen:
+                continue
+            seen.add(node.name)
+            best = max(
+                best, latency[node.name] if node.name in latency else upstream(node.name, seen)
+            )
+        return best
+
+    return {name: value - upstream(name, set()) for name, value in latency.items()}
+
+
+def _step_verdict(loaded: LoadedModel) -> str:
+    try:
+        step, _ = streaming_transform(loaded.model, loaded.example, -1)
+    except NotStreamableError as error:
+        return "no: " + str(error).split(": ", 1)[-1].split(". To stream it")[0]
+    size = sum(t.numel() * t.element_size() for t in step.snapshot().values())
+    return f"yes: streaming_transform gives one sample per call ({size} bytes of state)"

@@ -1,0 +1,231 @@
+"""The torchstreamer command as a user runs it: every subcommand, built-in examples, a user's
+package.module:factory, a torch.export file, and every error path with its exit code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import torchstreamer as pts
+from torchstreamer.cli import main
+
+USER_MODULE = '''
+import torch
+from torch import nn
+import torchstreamer as pts
+
+
+class Doubler(nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+
+class WrongStream(pts.BaseStream):
+    """A deliberately wrong streamer: triples instead of doubling."""
+
+    def forward(self, x, final=False):
+        return 3 * x
+
+    def output_length(self, n):
+        return n
+
+
+def causal():
+    torch.manual_seed(0)
+    return nn.Sequential(pts.PaddedConv1d(2, 3, 3), nn.ReLU(), pts.PaddedConv1d(3, 2, 2))
+
+
+def causal_with_example():
+    return causal(), torch.randn(1, 2, 256)
+
+
+def pooled():
+    return nn.Sequential(nn.Conv1d(1, 2, 3), nn.AdaptiveAvgPool1d(1))
+
+
+def wrong():
+    pts.register_streamer(Doubler, lambda module: WrongStream())
+    return nn.Sequential(nn.Conv1d(1, 2, 3, padding=1), Doubler(), nn.Conv1d(2, 1, 1))
+
+
+def not_a_module():
+    return 42
+'''
+
+
+@pytest.fixture
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "user_models.py").write_text(textwrap.dedent(USER_MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    yield "user_models"
+    sys.modules.pop("user_models", None)
+
+
+def test_inspect_a_built_in_example(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", "--example", "vollo_cnn", "--sample-rate", "16000"]) == 0
+    out = capsys.readouterr().out
+    assert "conv1" in out
+    assert "conv1d" in out
+    assert "latency: 0 samples (0.00 ms)" in out
+    assert "receptive field: 5 samples" in out
+    assert "step model: yes" in out
+
+
+def test_inspect_shows_rates_and_latency_in_milliseconds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["inspect", "--example", "filterbank"]) == 0
+    out = capsys.readouterr().out
+    assert "1/160" in out
+    assert "latency: 319 samples (19.94 ms)" in out
+    assert "step model: no" in out
+    assert "sampling rate" in out
+
+
+def test_inspect_a_model_that_cannot_stream(
+    user_module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["inspect", f"{user_module}:pooled"]) == 1
+    assert "cannot stream" in capsys.readouterr().err
+
+
+def test_verify_a_user_factory_with_and_without_an_example(
+    user_module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["verify", f"{user_module}:causal", "--channels", "2", "--signals", "2"]) == 0
+    assert main(["verify", f"{user_module}:causal_with_example", "--signals", "2"]) == 0
+    assert capsys.readouterr().out.count("exact.") == 2
+
+
+def test_verify_names_the_first_diverging_layer(
+    user_module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        assert main(["verify", f"{user_module}:wrong", "--signals", "1"]) == 1
+    finally:
+        pts.unregister_streamer(sys.modules[user_module].Doubler)
+    out = capsys.readouterr().out
+    assert "MISMATCH" in out
+    assert "first layer whose streamed output diverges: layer '1' (Doubler)" in out
+
+
+def test_verify_a_torch_export_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = torch.nn.Sequential(pts.PaddedConv1d(2, 3, 3), torch.nn.Tanh()).eval()
+    dim = torch.export.Dim("T", min=8)
+    program = torch.export.export(model, (torch.randn(1, 2, 64),), dynamic_shapes=({2: dim},))
+    torch.export.save(program, tmp_path / "model.pt2")
+    assert main(["verify", str(tmp_path / "model.pt2"), "--signals", "1"]) == 0
+    assert "model: exact" in capsys.readouterr().out
+
+
+def test_bench_writes_json_and_a_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = ["bench", "--example", "vollo_cnn", "--blocks", "1,16", "--repeats", "1"]
+    arguments += ["--length", "64", "--json", str(tmp_path / "b.json")]
+    arguments += ["--plot", str(tmp_path / "b.png")]
+    assert main(arguments) == 0
+    report = json.loads((tmp_path / "b.json").read_text())
+    runners = {(r["block"], r["runner"]): r for r in report["results"]}
+    assert runners[(1, "step")]["status"] == "ok"
+    assert runners[(16, "graph")]["us_per_sample"] > 0
+    assert runners[(1, "step")]["latency_p99_us"] >= runners[(1, "step")]["latency_median_us"]
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def write_wav(path: Path, channels: int, rate: int = 16000, frames: int = 4000) -> None:
+    soundfile = pytest.importorskip("soundfile")
+    t = np.arange(frames) / rate
+    data = np.stack([0.3 * np.sin(2 * np.pi * (300 + 200 * c) * t) for c in range(channels)], 1)
+    soundfile.write(str(path), data, rate)
+
+
+def test_run_streams_a_stereo_file_channel_by_channel(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_wav(tmp_path / "in.wav", channels=2)
+    arguments = ["run", "--example", "filterbank", str(tmp_path / "in.wav")]
+    assert main([*arguments, str(tmp_path / "out.wav"), "--block", "100"]) == 0
+    import soundfile
+
+    data, rate = soundfile.read(str(tmp_path / "out.wav"), always_2d=True)
+    assert rate == 100
+    assert data.shape == (4000 // 160 - 1, 2 * 24)
+    assert "real-time factor" in capsys.readouterr().out
+
+
+def test_run_feeds_all_channels_to_a_multichannel_model(user_module: str, tmp_path: Path) -> None:
+    write_wav(tmp_path / "in.flac", channels=2)
+    arguments = ["run", f"{user_module}:causal_with_example", str(tmp_path / "in.flac")]
+    assert main([*arguments, str(tmp_path / "out.wav"), "--block", "333"]) == 0
+    import soundfile
+
+    data, rate = soundfile.read(str(tmp_path / "out.wav"), always_2d=True)
+    assert rate == 16000
+    assert data.shape == (4000, 2)
+    x = torch.from_numpy(soundfile.read(str(tmp_path / "in.flac"), dtype="float32")[0].T.copy())
+    model = sys.modules[user_module].causal_with_example()[0]
+    expected = model(x.unsqueeze(0))[0].detach().numpy().T
+    np.testing.assert_allclose(data, expected, atol=1e-4)  # WAV output is 16-bit
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["inspect", "not_a_spec"], "neither a file nor package.module:factory"),
+        (["inspect", "no_such_package.models:make"], "Cannot import 'no_such_package.models'"),
+        (["inspect", "user_models:missing"], "has no callable 'missing'"),
+        (["inspect", "user_models:not_a_module"], "returned int, not an nn.Module"),
+        (["inspect", "missing.pt2"], "No such file: missing.pt2"),
+        (["inspect", "--example", "nope"], "No built-in example 'nope'"),
+        (["inspect", "user_models:causal", "--example", "tcn"], "either MODEL or --example"),
+        (["verify"], "No model given"),
+        (["run", "--example", "filterbank", "missing.wav", "out.wav"], "No such file"),
+    ],
+)
+def test_errors_exit_with_2_and_say_what_is_wrong(
+    user_module: str, arguments: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(arguments) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_a_wrong_sample_rate_or_channel_count_exits_with_2(
+    user_module: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_wav(tmp_path / "in.wav", channels=3, rate=8000)
+    out = str(tmp_path / "out.wav")
+    assert main(["run", "--example", "filterbank", str(tmp_path / "in.wav"), out]) == 2
+    assert "sampled at 8000 Hz but filterbank expects 16000 Hz" in capsys.readouterr().err
+    arguments = ["run", f"{user_module}:causal_with_example", str(tmp_path / "in.wav"), out]
+    assert main(arguments) == 2
+    assert "takes 2 channels but" in capsys.readouterr().err
+
+
+def test_bad_block_sizes_are_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--example", "tcn", "--blocks", "1,x"])
+    assert exit_info.value.code == 2
+
+
+def test_python_dash_m_runs_the_command() -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "torchstreamer",
+        "verify",
+        "--example",
+        "tcn",
+        "--signals",
+        "1",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "tcn: exact" in done.stdout

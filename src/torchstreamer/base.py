@@ -42,6 +42,23 @@ class Stateful(nn.Module):
     _state_tensors: tuple[str, ...] = ()
     _state_ints: tuple[str, ...] = ()
 
+    @torch.jit.unused
+    def __setattr__(self, name: str, value: object) -> None:
+        # Streams update counters and buffers on every call; nn.Module.__setattr__ checks each
+        # assignment against parameters, modules and hooks, which costs more than the update.
+        # Plain numbers and tensors that replace a registered buffer take a direct path.
+        kind = type(value)
+        if kind is int or kind is bool or kind is float:
+            if name not in self.__dict__.get("_buffers", ()):
+                self.__dict__[name] = value
+                return
+        elif kind is Tensor:
+            buffers = self.__dict__.get("_buffers")
+            if buffers is not None and name in buffers:
+                buffers[name] = value
+                return
+        super().__setattr__(name, value)
+
 
 class BaseStream(Stateful):
     """Base class of all streams: ``forward(x, final=False) -> Optional[Tensor]``.

@@ -10,8 +10,8 @@ Example:
     >>> from torchstreamer.measure import runners_for, time_runners
     >>> model = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3, padding=1), torch.nn.Tanh()).eval()
     >>> runners = runners_for(model, torch.randn(1, 1, 64))
-    >>> [r.name for r in runners]
-    ['module', 'graph', 'offline', 'chunks']
+    >>> ", ".join(r.name for r in runners)
+    'module, graph, offline, chunks'
     >>> rows = time_runners(runners, model, torch.randn(1, 1, 256), block=16, repeats=1)
     >>> rows["graph"].status, rows["graph"].max_error < 1e-5
     ('ok', True)

@@ -16,7 +16,12 @@ class PaddedConv1d(nn.Conv1d):
     window. Its parameters are a ``Conv1d``'s, so a plain ``nn.Conv1d`` state dict loads into it.
 
     Args:
-        in_channels, out_channels, kernel_size, dilation, groups, bias: as for ``nn.Conv1d``.
+        in_channels: input channels, as for ``nn.Conv1d``.
+        out_channels: output channels.
+        kernel_size: taps of the filter.
+        dilation: spacing between taps.
+        groups: channel groups.
+        bias: whether to add a learnable bias.
 
     Shape:
         ``[B, C_in, T]`` or ``[C_in, T]`` to ``[B, C_out, T]`` or ``[C_out, T]``.

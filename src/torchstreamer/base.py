@@ -25,7 +25,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +43,7 @@ class Stateful(nn.Module):
     _state_ints: tuple[str, ...] = ()
 
     @torch.jit.unused
-    def __setattr__(self, name: str, value: object) -> None:
+    def __setattr__(self, name: str, value: Any) -> None:
         # Streams update counters and buffers on every call; nn.Module.__setattr__ checks each
         # assignment against parameters, modules and hooks, which costs more than the update.
         # Plain numbers and tensors that replace a registered buffer take a direct path.

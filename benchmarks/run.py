@@ -31,7 +31,9 @@ from torchstreamer.measure import Measurement, Runner, runners_for, time_runners
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LENGTHS = {1: 1024, 16: 8192, 256: 32768, 4096: 65536}  # input samples per block size
-ORDER = ["module", "graph", "step", "offline", "chunks", "cached_conv", "continual_inference"]
+ORDER = [
+    "module", "script", "graph", "step", "offline", "chunks", "cached_conv", "continual_inference",
+]  # fmt: skip
 
 
 class PeerAdapter(Runner):
@@ -126,7 +128,7 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
 
     def best_stream(workload: str, block: int) -> Optional[dict[str, Any]]:
-        streams = ("module", "graph")
+        streams = ("module", "script", "graph")
         rows = [
             r for r in one
             if (r["workload"], r["block"]) == (workload, block) and r["runner"] in streams

@@ -42,7 +42,8 @@ def test_readme_holds_the_overview_examples_verbatim() -> None:
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_block_runs(index: int) -> None:
+def test_readme_block_runs(index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # blocks that export files write them here
     run_block(BLOCKS[index])
 
 

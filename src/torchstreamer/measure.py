@@ -11,7 +11,7 @@ Example:
     >>> model = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3, padding=1), torch.nn.Tanh()).eval()
     >>> runners = runners_for(model, torch.randn(1, 1, 64))
     >>> ", ".join(r.name for r in runners)
-    'module, graph, offline, chunks'
+    'module, script, graph, offline, chunks'
     >>> rows = time_runners(runners, model, torch.randn(1, 1, 256), block=16, repeats=1)
     >>> rows["graph"].status, rows["graph"].max_error < 1e-5
     ('ok', True)
@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -67,18 +68,21 @@ class Runner:
         return result
 
 
-def state_bytes(stream: nn.Module) -> int:
-    """Bytes of the state tensors of a stream or step model."""
+def state_bytes(stream: nn.Module) -> Optional[int]:
+    """Bytes of the state tensors of a stream or step model (``None`` for a scripted stream,
+    whose state is not collected from Python)."""
     if isinstance(stream, StepModel):
         return sum(t.numel() * t.element_size() for t in stream.snapshot().values())
-    assert isinstance(stream, BaseStream)
+    if not isinstance(stream, BaseStream):
+        return None
     return sum(t.numel() * t.element_size() for t in stream.get_state().values())
 
 
 class StreamRunner(Runner):
-    """A block stream (module or graph): blocks, then an empty ``final=True`` call."""
+    """A block stream (module, scripted module or graph): blocks, then an empty ``final=True``
+    call."""
 
-    def __init__(self, name: str, stream_: BaseStream) -> None:
+    def __init__(self, name: str, stream_: Any) -> None:
         super().__init__()
         self.name, self.stream = name, stream_
 
@@ -174,6 +178,9 @@ def runners_for(
     if isinstance(model, nn.Sequential):
         with contextlib.suppress(NotStreamableError):
             runners.append(StreamRunner("module", create_stream(model, module_padding)))
+        with contextlib.suppress(NotStreamableError, RuntimeError):  # TorchScript may refuse
+            scripted = torch.jit.script(create_stream(copy.deepcopy(model), module_padding))
+            runners.append(StreamRunner("script", scripted))  # the same, under TorchScript
     with contextlib.suppress(NotStreamableError):
         runners.append(StreamRunner("graph", stream(model, example)))
     if step:

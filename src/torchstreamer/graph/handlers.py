@@ -201,8 +201,9 @@ class ModuleStreamHandler(Handler):
         self.stream.reset()
 
     def step(self, args: list[Any], final: bool) -> Any:
+        holder = self.holder.__dict__  # plain attributes (see _plain): no nn.Module bookkeeping
         for name, index in zip(("weight", "bias"), self.weights):
-            setattr(self.holder, name, args[index] if index < len(args) else None)
+            holder[name] = args[index] if index < len(args) else None
         y = self.stream(args[0], final)
         if y is None:
             shape = list(args[0].shape)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from fractions import Fraction
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, fx, nn
@@ -92,6 +92,8 @@ class GraphStream(BaseStream):
         for output in self._outputs:
             if not isinstance(output, fx.Node) or output.name not in self._timed:
                 raise refuse(output, "the model returns a value that does not follow the time axis")
+        self._output_axis = time_axis(self._outputs[0])
+        self._run: Optional[Callable[..., list[Any]]] = None  # generated on the first call
 
     def _source(self, name: str) -> Tensor:
         target = self._sources[name]
@@ -106,6 +108,25 @@ class GraphStream(BaseStream):
         self, x: Tensor, final: bool = False
     ) -> Optional[Union[Tensor, tuple[Tensor, ...]]]:
         self._check_block(x)
+        if self._record is None:
+            if self._run is None:
+                self._run = self._generate()
+            results = self._run(self, x, final)
+        else:
+            results = self._interpret(x, final)
+        self._batch = -1 if final else int(x.shape[0])
+        if len(results) == 1:
+            y = results[0]
+            return None if y.shape[self._output_axis] == 0 else y
+        return tuple(results)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_run"] = None  # generated code does not pickle; it is made again on demand
+        return state
+
+    def _interpret(self, x: Tensor, final: bool) -> list[Any]:
+        """One call, node by node, putting every streamed node's block in ``_record``."""
         env: dict[str, Any] = {}
         for node in self._graph.nodes:
             if node.op == "placeholder":
@@ -122,12 +143,75 @@ class GraphStream(BaseStream):
                 else:
                     kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
                     env[node.name] = node.target(*args, **kwargs)
-        self._batch = -1 if final else int(x.shape[0])
-        results = [env[o.name] for o in self._outputs]
-        if len(results) == 1:
-            y = results[0]
-            return None if y.shape[time_axis(self._outputs[0])] == 0 else y
-        return tuple(results)
+        return [env[o.name] for o in self._outputs]
+
+    def _generate(self) -> Callable[..., list[Any]]:
+        """The same call as straight-line Python: parameters read from their owner modules'
+        dicts, handlers from ``self.handlers``, one line per node (no per-node dispatch)."""
+        names: dict[str, str] = {}
+        bound: dict[str, Any] = {}
+        lines = ["m = self.model", "h = self.handlers._modules", "c = self._constants"]
+
+        def show(value: Any) -> str:
+            if isinstance(value, fx.Node):
+                return names[value.name]
+            if isinstance(value, list):
+                return "[" + ", ".join(show(v) for v in value) + "]"
+            if isinstance(value, tuple):
+                return "(" + "".join(show(v) + ", " for v in value) + ")"
+            if value is None or isinstance(value, (bool, int, str)):
+                return repr(value)
+            key = f"_k{len(bound)}"
+            bound[key] = value
+            return key
+
+        # free every value after its last use, as eager code does: intermediates of large
+        # blocks held to the end of the call cost memory traffic
+        last_use: dict[str, list[str]] = {}
+        for node in self._graph.nodes:
+            for used in node.all_input_nodes:
+                last_use[used.name] = [node.name]
+        frees: dict[str, list[str]] = {}
+        for used, (user,) in last_use.items():
+            frees.setdefault(user, []).append(used)
+        kept = {o.name for o in self._outputs}
+        for index, node in enumerate(self._graph.nodes):
+            name = names[node.name] = f"v{index}"
+            if node.op == "placeholder":
+                if node is self._input:
+                    lines.append(f"{name} = x")
+                    continue
+                target = self._sources[node.name]
+                if target in self._constants:
+                    lines.append(f"{name} = c[{target!r}]")
+                    continue
+                *path, leaf = target.split(".")
+                owner = "m" + "".join(f"._modules[{p!r}]" for p in path)
+                kind = "_parameters" if self._is_parameter(target) else "_buffers"
+                lines.append(f"{name} = {owner}.{kind}[{leaf!r}]")
+            elif node.op == "call_function":
+                if node.name in self._symbolic:
+                    lines.append(f"{name} = None")
+                elif node.name in self.handlers:
+                    lines.append(f"{name} = h[{node.name!r}].step({show(list(node.args))}, final)")
+                else:
+                    arguments = [show(a) for a in node.args]
+                    arguments += [f"{k}={show(v)}" for k, v in node.kwargs.items()]
+                    lines.append(f"{name} = {show(node.target)}({', '.join(arguments)})")
+            dead = [names[n] for n in frees.get(node.name, []) if n not in kept and n in names]
+            if dead and node.op == "call_function":
+                lines.append("del " + ", ".join(dead))
+        lines.append("return [" + ", ".join(names[o.name] for o in self._outputs) + "]")
+        source = "def run(self, x, final):\n" + "".join(f"    {line}\n" for line in lines)
+        exec(compile(source, f"<stream of {type(self.model).__name__}>", "exec"), bound)
+        return bound["run"]
+
+    def _is_parameter(self, target: str) -> bool:
+        try:
+            self.model.get_parameter(target)
+        except AttributeError:
+            return False
+        return True
 
     def offline_values(self, x: Tensor) -> dict[str, Any]:
         """Every node's value when the captured graph runs offline on the whole signal ``x``

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench
 
 from benchmarks.workloads import Workload, workloads
 
-from torchstreamer.measure import Measurement, Runner, runners_for, time_runners
+from torchstreamer.measure import Measurement, Runner, plot_costs, runners_for, time_runners
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LENGTHS = {1: 1024, 16: 8192, 256: 32768, 4096: 65536}  # input samples per block size
@@ -235,37 +235,16 @@ def _cell(row: Optional[dict[str, Any]]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> Optional[str]:
     """Log-log cost per sample against block size, one panel per workload (fewest threads)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install 'torch-streamer[bench]'): no plot"
     threads = min(report["settings"]["threads"])
-    results = [r for r in report["results"] if r["threads"] == threads and r["us_per_sample"]]
-    names = list(report["workloads"])
-    figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), squeeze=False)
-    for axis, workload in zip(axes[0], names):
-        for runner in ORDER:
-            rows = sorted(
-                (r for r in results if r["workload"] == workload and r["runner"] == runner),
-                key=lambda r: r["block"],
-            )
-            if rows:
-                axis.plot([r["block"] for r in rows], [r["us_per_sample"] for r in rows],
-                          marker="o", label=runner)  # fmt: skip
-        axis.set_xscale("log")
-        axis.set_yscale("log")
-        axis.set_title(workload)
-        axis.set_xlabel("block size (samples)")
-        axis.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel(f"us per input sample ({threads} thread)")
-    axes[0][-1].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return None
+    results = [r for r in report["results"] if r["threads"] == threads]
+    panels = {
+        workload: sorted(
+            (r for r in results if r["workload"] == workload),
+            key=lambda r: ORDER.index(r["runner"]) if r["runner"] in ORDER else len(ORDER),
+        )
+        for workload in report["workloads"]
+    }
+    return plot_costs(panels, path, f"us per input sample ({threads} thread)")
 
 
 def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:

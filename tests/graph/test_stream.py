@@ -444,3 +444,16 @@ def test_graph_stream_on_cuda() -> None:
     with torch.no_grad():
         y = run(stream, x, [1, 0, 17, 64])
         torch.testing.assert_close(y, model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_layers_report_rate_receptive_field_latency_and_state() -> None:
+    model = nn.Sequential(
+        nn.Conv1d(1, 2, 3), nn.Tanh(), nn.Conv1d(2, 2, 3, dilation=2, padding=2),
+        nn.Conv1d(2, 1, 2, stride=2),
+    ).eval()  # fmt: skip
+    rows = {r["layer"]: r for r in pts.stream(model, torch.randn(1, 1, 64)).layers()}
+    assert [rows[k]["receptive_field"] for k in ("0", "2", "3")] == [3, 7, 8]
+    assert [rows[k]["window"] for k in ("0", "2", "3")] == [3, 5, 2]
+    assert [str(rows[k]["rate"]) for k in ("0", "2", "3")] == ["1", "1", "1/2"]
+    assert [rows[k]["latency"] for k in ("0", "2", "3")] == [2, 4, 5]
+    assert rows["0"]["state_bytes"] == 2 * 4  # the last 2 samples of 1 channel, float32

@@ -25,11 +25,13 @@ def inspect_model(loaded: LoadedModel, sample_rate: Optional[int] = None) -> int
     contributions = _contributions(graph, rows)
     table(
         f"{loaded.name}: streamed ops (input shape {list(loaded.example.shape)})",
-        ["layer", "op", "length", "rate", "window", "latency", "+latency", "state bytes"],
+        ["layer", "op", "length", "rate", "window", "receptive field", "latency", "+latency",
+         "state bytes"],
         [
             [
                 r["layer"] or "(forward)", r["op"].removeprefix("aten.").removesuffix(".default"),
                 r["length"], str(r["rate"]), "unbounded" if r["window"] is None else r["window"],
+                "unbounded" if r["window"] is None else r["receptive_field"],
                 r["latency"], contributions[r["node"]], r["state_bytes"],
             ]
             for r in rows

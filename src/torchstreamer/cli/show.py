@@ -17,7 +17,10 @@ def _console(stderr: bool = False) -> Any:
         from rich.console import Console
     except ImportError:
         return None
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal:  # a file or a pipe: do not squeeze tables to 80 columns
+        console = Console(stderr=stderr, highlight=False, soft_wrap=True, width=200)
+    return console
 
 
 def table(title: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

@@ -320,13 +320,49 @@ class GraphStream(BaseStream):
         self._probe_result = (arrivals, sizes)
         return self._probe_result
 
+    def _node_receptive_fields(self) -> dict[str, int]:
+        """Input samples that the middle output of every time node depends on (gradients of
+        that output; the union over four random signals, as a ReLU may hide part of it)."""
+        shape = list(self._example_shape)
+        shape[self._axis] = min(4 * shape[self._axis], 2048)
+        reference = next(iter(self.model.parameters()), None)
+        dtype = reference.dtype if reference is not None else torch.float32
+        spans: dict[str, tuple[int, int]] = {}
+        for seed in range(4):
+            generator = torch.Generator().manual_seed(seed)
+            x = torch.randn(shape, generator=generator, dtype=dtype)
+            if reference is not None:
+                x = x.to(reference.device)
+            x.requires_grad_(True)
+            with torch.enable_grad():
+                values = self.offline_values(x)
+                for node in self._graph.nodes:
+                    value = values.get(node.name)
+                    axis = time_axis(node) if node.name in self.handlers else None
+                    if axis is None or not isinstance(value, Tensor) or not value.requires_grad:
+                        continue
+                    if value.shape[axis] == 0:
+                        continue
+                    middle = value.narrow(axis, value.shape[axis] // 2, 1).sum()
+                    (grad,) = torch.autograd.grad(middle, x, retain_graph=True, allow_unused=True)
+                    if grad is None:
+                        continue
+                    dims = [d for d in range(x.dim()) if d != self._axis]
+                    where = torch.nonzero(grad.abs().sum(dim=dims)).flatten()
+                    if len(where) > 0:
+                        low, high = spans.get(node.name, (int(where.min()), int(where.max())))
+                        spans[node.name] = (min(low, int(where.min())), max(high, int(where.max())))
+        return {name: high - low + 1 for name, (low, high) in spans.items()}
+
     def layers(self) -> list[dict[str, Any]]:
         """One row per streamed node that runs along time: ``node``, ``op``, ``layer`` (its path
         in the model), ``length`` (in terms of the input length ``T``), ``rate`` (against the
         input), ``window`` (input samples the op reads per output: kernel span; ``None`` for
-        recurrent layers, whose memory is unbounded), ``latency`` (lookahead accumulated up to
-        this node, in input samples) and ``state_bytes``."""
+        recurrent layers, whose memory is unbounded), ``receptive_field`` (input samples that one
+        of its outputs depends on), ``latency`` (lookahead accumulated up to this node, in input
+        samples) and ``state_bytes``."""
         _, sizes = self._probe()
+        fields = self._node_receptive_fields()
         symbol = next(iter(time_length(self._input).free_symbols))
         rows = []
         for node in self._graph.nodes:
@@ -348,6 +384,7 @@ class GraphStream(BaseStream):
                     "length": str(time_length(node)).replace(str(symbol), "T"),
                     "rate": self._rate_of(node),
                     "window": window,
+                    "receptive_field": fields.get(node.name, 0),
                     "latency": self._node_latency(node),
                     "state_bytes": sizes.get(node.name, 0),
                 }

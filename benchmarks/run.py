@@ -30,7 +30,7 @@ from benchmarks.workloads import Workload, workloads
 from torchstreamer.measure import Measurement, Runner, plot_costs, runners_for, time_runners
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LENGTHS = {1: 1024, 16: 8192, 256: 32768, 4096: 65536}  # input samples per block size
+LENGTHS = {1: 512, 16: 4096, 256: 16384, 4096: 32768}  # input samples per block size
 ORDER = [
     "module", "script", "graph", "step", "offline", "chunks", "cached_conv", "continual_inference",
 ]  # fmt: skip

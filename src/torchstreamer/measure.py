@@ -305,8 +305,8 @@ def plot_costs(panels: dict[str, list[dict[str, Any]]], path: Any, ylabel: str) 
     except ImportError:
         return "matplotlib is not installed (pip install 'torch-streamer[bench]'): no plot"
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
+    names = list(dict.fromkeys(r["runner"] for rows in panels.values() for r in rows))
     for axis, (title, rows) in zip(axes[0], panels.items()):
-        names = list(dict.fromkeys(r["runner"] for r in rows))
         for name in names:
             mine = sorted(
                 (r for r in rows if r["runner"] == name and r["us_per_sample"]),
@@ -314,15 +314,16 @@ def plot_costs(panels: dict[str, list[dict[str, Any]]], path: Any, ylabel: str) 
             )
             if mine:
                 axis.plot([r["block"] for r in mine], [r["us_per_sample"] for r in mine],
-                          marker="o", label=name)  # fmt: skip
+                          marker="o", label=name, color=f"C{names.index(name) % 10}")  # fmt: skip
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_title(title)
         axis.set_xlabel("block size (samples)")
         axis.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel(ylabel)
-    axes[0][-1].legend(fontsize=8)
-    figure.tight_layout()
+    handles = [plt.Line2D([], [], color=f"C{i % 10}", marker="o") for i in range(len(names))]
+    figure.legend(handles, names, loc="upper center", ncol=len(names), fontsize=8)
+    figure.tight_layout(rect=(0, 0, 1, 0.9))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return None

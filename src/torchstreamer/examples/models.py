@@ -71,9 +71,12 @@ class VolloCNN(nn.Module):
         return F.relu(self.conv2(F.relu(self.conv1(x))))
 
 
-def vollo_cnn() -> VolloCNN:
-    """:class:`VolloCNN` in eval mode."""
-    return VolloCNN().eval()
+def vollo_cnn() -> nn.Sequential:
+    """The same network as :class:`VolloCNN`, as an ``nn.Sequential`` so that the module streams
+    (and TorchScript) apply too."""
+    return nn.Sequential(
+        PaddedConv1d(32, 128, 3), nn.ReLU(), PaddedConv1d(128, 1, 3), nn.ReLU()
+    ).eval()
 
 
 def vocoder(mels: int = 80, channels: int = 128) -> nn.Sequential:

@@ -342,3 +342,21 @@ def test_recurrent_layer_variants(rnn: nn.RNNBase, batched: bool) -> None:
     expected = offline(model, x)
     streamed = run_steps(step, x, axis, output_axis)
     torch.testing.assert_close(streamed, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_time_in_the_middle_with_per_step_linear_and_a_stateless_model() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.LayerNorm(4)).eval()
+    x = torch.randn(2, 40, 3)  # [B, T, C]
+    step, axis = pts.streaming_transform(model, x, 1)
+    assert axis == 1
+    assert step.state_names == ()
+    torch.testing.assert_close(run_steps(step, x, 1, axis), offline(model, x), rtol=RTOL, atol=ATOL)
+
+
+def test_centred_padding_is_lookahead() -> None:
+    class Centred(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.avg_pool1d(F.pad(x, (1, 1)), 3, 1)
+
+    with pytest.raises(pts.NotStreamableError, match=r"up to t \+ 1 \(a lookahead of 1 sample"):
+        pts.streaming_transform(Centred(), torch.randn(1, 2, 32), 2)

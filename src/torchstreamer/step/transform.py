@@ -208,6 +208,11 @@ class StepModel(nn.Module):
 
         return replay
 
+    @property
+    def code(self) -> str:
+        """The Python source of the generated step function (what one call runs)."""
+        return self._fast.__doc__ or ""
+
     def extra_repr(self) -> str:
         return f"input {list(self._input_shape)}, state {list(self.state_names)}"
 

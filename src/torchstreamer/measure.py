@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from torchstreamer.base import BaseStream
-from torchstreamer.errors import NotStreamableError
+from torchstreamer.errors import NotStreamableError, StreamError
 from torchstreamer.graph.stream import stream
 from torchstreamer.step.transform import StepModel, streaming_transform
 from torchstreamer.streams.registry import create_stream
@@ -188,7 +188,7 @@ def runners_for(
             step_model, axis = streaming_transform(model, example, -1)
             if isinstance(axis, int):
                 runners.append(StepRunner(step_model, axis))
-        except NotStreamableError:
+        except StreamError:
             pass
     runners += [OfflineRunner(model), ChunkRunner(model)]
     return runners

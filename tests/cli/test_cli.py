@@ -229,3 +229,39 @@ def test_python_dash_m_runs_the_command() -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert "tcn: exact" in done.stdout
+
+
+def test_run_with_a_batched_example_and_bad_output_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = tmp_path / "batched_models.py"
+    module.write_text(
+        "import torch\nimport torchstreamer as pts\n"
+        "def make():\n    torch.manual_seed(0)\n"
+        "    return pts.PaddedConv1d(1, 1, 5).eval(), torch.randn(2, 1, 64)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write_wav(tmp_path / "in.wav", channels=1, frames=1001)
+    source = str(tmp_path / "in.wav")
+    assert main(["run", "batched_models:make", source, str(tmp_path / "out.wav")]) == 0
+    import soundfile
+
+    data, _ = soundfile.read(str(tmp_path / "out.wav"), always_2d=True)
+    assert data.shape == (1001, 1)  # one signal, not the file cut into the example's batch
+    assert main(["run", "batched_models:make", source, str(tmp_path / "out.xyz")]) == 2
+    assert "use an audio file name" in capsys.readouterr().err
+    assert main(["run", "batched_models:make", source, str(tmp_path / "no" / "o.wav")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_inspect_and_bench_a_torch_export_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = torch.nn.Sequential(pts.PaddedConv1d(1, 2, 3), torch.nn.ReLU()).eval()
+    dim = torch.export.Dim("T", min=8)
+    program = torch.export.export(model, (torch.randn(1, 1, 64),), dynamic_shapes=({2: dim},))
+    torch.export.save(program, tmp_path / "m.pt2")
+    assert main(["inspect", str(tmp_path / "m.pt2")]) == 0
+    assert "step model: yes" in capsys.readouterr().out
+    arguments = ["bench", str(tmp_path / "m.pt2"), "--blocks", "4", "--repeats", "1"]
+    assert main([*arguments, "--length", "32"]) == 0

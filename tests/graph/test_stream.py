@@ -457,3 +457,17 @@ def test_layers_report_rate_receptive_field_latency_and_state() -> None:
     assert [str(rows[k]["rate"]) for k in ("0", "2", "3")] == ["1", "1", "1/2"]
     assert [rows[k]["latency"] for k in ("0", "2", "3")] == [2, 4, 5]
     assert rows["0"]["state_bytes"] == 2 * 4  # the last 2 samples of 1 channel, float32
+
+
+def test_receptive_fields_of_a_one_dimensional_signal() -> None:
+    class Mono(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = pts.PaddedConv1d(1, 1, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x.unsqueeze(0)).squeeze(0)
+
+    stream = pts.stream(Mono().eval(), torch.randn(64))  # [T]
+    assert stream.receptive_field == 5
+    assert max(r["receptive_field"] for r in stream.layers()) == 5

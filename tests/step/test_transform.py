@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -360,3 +361,55 @@ def test_centred_padding_is_lookahead() -> None:
 
     with pytest.raises(pts.NotStreamableError, match=r"up to t \+ 1 \(a lookahead of 1 sample"):
         pts.streaming_transform(Centred(), torch.randn(1, 2, 32), 2)
+
+
+def test_copies_and_saved_step_models_run_on_their_own_state(tmp_path: Path) -> None:
+    model = SeedCNN(2, 1, 4).eval()
+    x = torch.randn(1, 2, 30)
+    step, axis = pts.streaming_transform(model, x, 2)
+    for t in range(10):
+        step(x[..., t])
+    fork = copy.deepcopy(step)
+    torch.save(step, tmp_path / "step.pt")
+    loaded = torch.load(tmp_path / "step.pt", weights_only=False)
+    rest = [step(x[..., t]) for t in range(10, 30)]  # the original goes on first
+    assert all(torch.equal(a, fork(x[..., t])) for a, t in zip(rest, range(10, 30)))
+    assert all(torch.equal(a, loaded(x[..., t])) for a, t in zip(rest, range(10, 30)))
+    torch.testing.assert_close(
+        torch.stack(rest, axis), offline(model, x)[..., 10:], rtol=RTOL, atol=ATOL
+    )
+
+
+def test_a_model_in_training_mode_is_transformed_in_eval_mode_and_left_untouched() -> None:
+    model = nn.Sequential(pts.PaddedConv1d(2, 4, 3), nn.BatchNorm1d(4), nn.Dropout(0.5)).train()
+    model[1].running_mean.normal_()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 2, 40)
+    step, axis = pts.streaming_transform(model, x, 2)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    torch.testing.assert_close(
+        run_steps(step, x, 2, axis), offline(model.eval(), x), rtol=RTOL, atol=ATOL
+    )
+
+
+def test_constants_broadcast_over_time_in_binary_ops() -> None:
+    class Binary(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = pts.PaddedConv1d(2, 3, 2)
+            self.exponent = nn.Parameter(torch.rand(3, 1) + 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.conv(x).abs() + 0.1
+            return (
+                torch.pow(h, self.exponent)
+                + torch.atan2(h, self.exponent)
+                + torch.hypot(h, self.exponent)
+                + torch.fmod(h, self.exponent)
+            )
+
+    model = Binary().eval()
+    x = torch.randn(3, 2, 30)
+    step, axis = pts.streaming_transform(model, x, 2)
+    torch.testing.assert_close(run_steps(step, x, 2, axis), offline(model, x), rtol=RTOL, atol=ATOL)

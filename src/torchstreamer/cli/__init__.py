@@ -24,7 +24,7 @@ from typing import Optional
 
 from torchstreamer.cli.show import message
 from torchstreamer.cli.spec import USAGE, CliError, load_model
-from torchstreamer.errors import NotStreamableError
+from torchstreamer.errors import StreamError
 
 __all__ = ["main"]
 
@@ -110,6 +110,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     except CliError as error:
         message(f"torchstreamer {args.command}: {error}", error=True)
         return error.code
-    except NotStreamableError as error:
+    except StreamError as error:  # cannot stream, or a check of the library failed
         message(f"torchstreamer {args.command}: {error}", error=True)
         return 1

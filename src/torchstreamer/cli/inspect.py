@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from torchstreamer.cli.show import message, table
 from torchstreamer.cli.spec import LoadedModel
-from torchstreamer.errors import NotStreamableError
+from torchstreamer.errors import NotStreamableError, StreamError
 from torchstreamer.graph.stream import GraphStream, stream
 from torchstreamer.step.transform import streaming_transform
 
@@ -73,5 +73,7 @@ def _step_verdict(loaded: LoadedModel) -> str:
         step, _ = streaming_transform(loaded.model, loaded.example, -1)
     except NotStreamableError as error:
         return "no: " + str(error).split(": ", 1)[-1].split(". To stream it")[0]
+    except StreamError as error:
+        return f"no: {error}"
     size = sum(t.numel() * t.element_size() for t in step.snapshot().values())
     return f"yes: streaming_transform gives one sample per call ({size} bytes of state)"

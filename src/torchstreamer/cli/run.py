@@ -48,10 +48,19 @@ def run_file(
         raise CliError(f"--block must be at least 1, not {block}.")
     if not source.exists():
         raise CliError(f"No such file: {source}.")
+    if not target.parent.is_dir():
+        raise CliError(f"Cannot write {target}: no such directory {target.parent}.")
+    if target.suffix.lstrip(".").upper() not in soundfile.available_formats():
+        raise CliError(
+            f"Cannot write {target}: use an audio file name such as out.wav or out.flac "
+            f"(formats: {', '.join(sorted(soundfile.available_formats()))})."
+        )
     try:
         data, rate = soundfile.read(str(source), dtype="float32", always_2d=True)
-    except RuntimeError as error:
+    except RuntimeError as error:  # soundfile's LibsndfileError is a RuntimeError
         raise CliError(f"Cannot read {source} as audio ({error}).") from error
+    if data.shape[0] == 0:
+        raise CliError(f"{source} holds no audio frames.")
     expected = sample_rate or loaded.sample_rate
     if expected is not None and rate != expected:
         raise CliError(
@@ -62,10 +71,11 @@ def run_file(
     channels = int(example.shape[-2]) if example.dim() >= 2 else 1
     file_channels = data.shape[1]
     signal = torch.from_numpy(data.T.copy())  # [channels, frames]
+    batch = [1] if example.dim() >= 3 else []  # one signal, whatever the example's batch
     if channels == file_channels:
-        inputs = [signal.reshape(*example.shape[:-2], channels, -1)]
+        inputs = [signal.reshape(*batch, channels, -1)]
     elif channels == 1:
-        inputs = [signal[c].reshape(*example.shape[:-1], -1) for c in range(file_channels)]
+        inputs = [signal[c].reshape(*batch, 1, -1) for c in range(file_channels)]
     else:
         raise CliError(
             f"{loaded.name} takes {channels} channels but {source} has {file_channels}; "

@@ -65,11 +65,13 @@ def _run(
         final = start + size >= x.shape[-1]
         if record is not None:
             graph._record = {}
-        y = graph(x[..., start : start + size], final=final)
-        if record is not None:
-            assert graph._record is not None
-            for name, value in graph._record.items():
-                record.setdefault(name, []).append(value)
+        try:
+            y = graph(x[..., start : start + size], final=final)
+            if record is not None:
+                assert graph._record is not None
+                for name, value in graph._record.items():
+                    record.setdefault(name, []).append(value)
+        finally:
             graph._record = None
         if y is not None:
             outputs.append(y[0] if isinstance(y, tuple) else y)

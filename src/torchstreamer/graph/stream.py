@@ -347,8 +347,7 @@ class GraphStream(BaseStream):
                     (grad,) = torch.autograd.grad(middle, x, retain_graph=True, allow_unused=True)
                     if grad is None:
                         continue
-                    dims = [d for d in range(x.dim()) if d != self._axis]
-                    where = torch.nonzero(grad.abs().sum(dim=dims)).flatten()
+                    where = torch.nonzero(_over_time(grad, self._axis)).flatten()
                     if len(where) > 0:
                         low, high = spans.get(node.name, (int(where.min()), int(where.max())))
                         spans[node.name] = (min(low, int(where.min())), max(high, int(where.max())))
@@ -403,7 +402,7 @@ class GraphStream(BaseStream):
             middle = y.shape[axis] // 2
             y.narrow(axis, middle, 1).sum().backward()
             assert probe.grad is not None
-            touched = probe.grad.abs().sum(dim=[d for d in range(x.dim()) if d != self._axis])
+            touched = _over_time(probe.grad, self._axis)
             where = torch.nonzero(touched).flatten()
             if len(where) > 0:
                 low, high = min(low, int(where.min())), max(high, int(where.max()))
@@ -466,6 +465,12 @@ class GraphStream(BaseStream):
         self._batch = -1
         for handler in self.handlers.values():
             handler.reset()  # type: ignore[operator]
+
+
+def _over_time(grad: Tensor, axis: int) -> Tensor:
+    """``|grad|`` summed over every axis but time (a 1-D signal is its own sum)."""
+    dims = [d for d in range(grad.dim()) if d != axis]
+    return grad.abs().sum(dim=dims) if dims else grad.abs()
 
 
 def _run_leaf(module: nn.Module, x: Tensor) -> list[Tensor]:

@@ -36,7 +36,11 @@ METADATA_KEY = "torchstreamer.step"
 
 def onnx_names(step: StepModel) -> tuple[list[str], list[str]]:
     """The input and output names of the exported step, in call order."""
-    states = [name.removeprefix("state_") for name in step.state_names]
+    width = len(str(max(len(step.state_names) - 1, 0)))
+    # state_NN_<label>_<kind>: renumber with enough digits that names sort in state order
+    states = [
+        f"{i:0{max(2, width)}d}_{name.split('_', 2)[2]}" for i, name in enumerate(step.state_names)
+    ]
     outputs = len(step.output_axes)
     signal_out = ["out_signal"] if outputs == 1 else [f"out_signal_{i:02d}" for i in range(outputs)]
     return (
@@ -104,6 +108,7 @@ def export_onnx(step: StepModel, path: Union[str, Path], opset: int = 18) -> Pat
         ) from error
     path = Path(path)
     inputs, outputs = onnx_names(step)
+    metadata = json.dumps(_metadata(step, inputs, outputs))  # before writing: nothing half-done
     with _quiet_export():
         program = torch.onnx.export(
             step.pure(), _example(step), input_names=inputs, output_names=outputs,
@@ -114,7 +119,7 @@ def export_onnx(step: StepModel, path: Union[str, Path], opset: int = 18) -> Pat
     model = onnx.load(str(path))
     entry = model.metadata_props.add()
     entry.key = METADATA_KEY
-    entry.value = json.dumps(_metadata(step, inputs, outputs))
+    entry.value = metadata
     onnx.save(model, str(path))
     return path
 
@@ -132,7 +137,7 @@ def _metadata(step: StepModel, inputs: list[str], outputs: list[str]) -> dict[st
                 "shape": list(initial.shape),
                 "dtype": str(initial.dtype).removeprefix("torch."),
                 "initial_all_zero": bool((initial == 0).all()),
-                "initial_base64": base64.b64encode(initial.numpy().tobytes()).decode("ascii"),
+                "initial_base64": base64.b64encode(_raw_bytes(initial)).decode("ascii"),
             }
         )
     return {
@@ -142,6 +147,12 @@ def _metadata(step: StepModel, inputs: list[str], outputs: list[str]) -> dict[st
         "latency_samples": 0,
         "states": states,
     }
+
+
+def _raw_bytes(tensor: Tensor) -> bytes:
+    """The tensor's memory, little-endian, for any dtype (NumPy has no bfloat16)."""
+    flat = tensor.reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
 
 
 def read_onnx_state(path: Union[str, Path]) -> dict[str, Any]:
@@ -155,5 +166,11 @@ def read_onnx_state(path: Union[str, Path]) -> dict[str, Any]:
     metadata: dict[str, Any] = json.loads(entry)
     for state in metadata["states"]:
         data = base64.b64decode(state["initial_base64"])
-        state["initial"] = np.frombuffer(data, dtype=state["dtype"]).reshape(state["shape"])
+        if state["dtype"] == "bfloat16":  # NumPy has no bfloat16: decode through torch
+            raw = (
+                torch.frombuffer(bytearray(data), dtype=torch.bfloat16) if data else torch.zeros(0)
+            )
+            state["initial"] = raw.float().numpy().reshape(state["shape"])
+        else:
+            state["initial"] = np.frombuffer(data, dtype=state["dtype"]).reshape(state["shape"])
     return metadata

@@ -55,7 +55,8 @@ _STREAM_REMEDY = (
 # ops that broadcast their operands: a constant operand loses the dim that lines up with time
 _BROADCASTING = {
     aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor, aten.where.self,
-    aten.maximum.default, aten.minimum.default,
+    aten.maximum.default, aten.minimum.default, aten.pow.Tensor_Tensor, aten.atan2.default,
+    aten.fmod.Tensor, aten.remainder.Tensor, aten.hypot.default,
 }  # fmt: skip
 # ops whose dim 1 is the channel dim: they keep their meaning without time only if time is after
 _CHANNEL_OPS = {

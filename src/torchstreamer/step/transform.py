@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -91,6 +92,15 @@ class StepModel(nn.Module):
         self._dtype: Optional[torch.dtype] = floating[0].dtype if floating else None
         self._device: Optional[torch.device] = floating[0].device if floating else None
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_fast", None)  # generated code bound to these tensors: made again on load
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._bind()  # a copy (deepcopy, torch.load) must run on its own tensors
+
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> StepModel:
         result = super()._apply(fn, recurse)
         self._bind()  # .to(), .cuda(), .double() replace the tensors
@@ -177,25 +187,26 @@ class StepModel(nn.Module):
         Raises:
             StreamError: the step model is not on a CUDA device.
         """
-        reference = next(iter(self.step_function.buffers()), None)
-        if reference is None or reference.device.type != "cuda":
+        if self._device is None or self._device.type != "cuda":
             raise StreamError(
                 f"The {self._label} must be on a CUDA device to capture a CUDA graph; call "
-                ".to('cuda') first."
+                ".to('cuda') first (a model without tensors has no device to capture on)."
             )
-        static_x = torch.zeros(self._input_shape, dtype=reference.dtype, device=reference.device)
+        static_x = torch.zeros(self._input_shape, dtype=self._dtype, device=self._device)
         saved = self.snapshot()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.no_grad():
-            with torch.cuda.stream(side):
-                for _ in range(warmup):
-                    self.step_function(static_x)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_y = self.step_function(static_x)
-        self.restore(saved)
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.no_grad():
+                with torch.cuda.stream(side):
+                    for _ in range(warmup):
+                        self.step_function(static_x)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    static_y = self.step_function(static_x)
+        finally:
+            self.restore(saved)  # warm-up and capture ran steps: the stream is where it was
 
         def replay(x: Tensor) -> Outputs:
             if x.shape != self._input_shape or x.dtype != static_x.dtype:
@@ -250,15 +261,21 @@ def streaming_transform(
     """
     axis = axis % max(example_input.dim(), 1)
     was_training = model.training
-    model.eval()
+    _set_training(model, False)
     try:
         step_graph = build_step_graph(model, example_input, axis)
+        step = StepModel(step_graph, f"step model of {type(model).__name__}")
+        _check_against_offline(step, model, example_input, axis)
     finally:
-        model.train(was_training)
-    step = StepModel(step_graph, f"step model of {type(model).__name__}")
-    _check_against_offline(step, model, example_input, axis)
+        _set_training(model, was_training)
     axes = step.output_axes
     return step, axes[0] if len(axes) == 1 else axes
+
+
+def _set_training(model: nn.Module, mode: bool) -> None:
+    # torch.export's unlifted modules have no train/eval switch
+    with contextlib.suppress(NotImplementedError):
+        model.train(mode)
 
 
 def _check_against_offline(step: StepModel, model: nn.Module, x: Tensor, axis: int) -> None:

@@ -471,3 +471,12 @@ def test_receptive_fields_of_a_one_dimensional_signal() -> None:
     stream = pts.stream(Mono().eval(), torch.randn(64))  # [T]
     assert stream.receptive_field == 5
     assert max(r["receptive_field"] for r in stream.layers()) == 5
+
+
+def test_layers_name_leaves_and_mark_what_follows_a_recurrent_layer_unbounded() -> None:
+    rows = pts.stream(models.ConvRecurrent().eval(), torch.randn(1, 2, 64)).layers()
+    by_op = {r["op"]: r for r in rows}
+    assert by_op["MaxPool1d (leaf)"]["window"] == 2
+    assert by_op["MaxPool1d (leaf)"]["receptive_field"] == 4
+    assert by_op["GRU (leaf)"]["window"] is None
+    assert rows[-1]["receptive_field"] is None  # the head conv after the GRU

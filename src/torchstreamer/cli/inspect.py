@@ -31,7 +31,7 @@ def inspect_model(loaded: LoadedModel, sample_rate: Optional[int] = None) -> int
             [
                 r["layer"] or "(forward)", r["op"].removeprefix("aten.").removesuffix(".default"),
                 r["length"], str(r["rate"]), "unbounded" if r["window"] is None else r["window"],
-                "unbounded" if r["window"] is None else r["receptive_field"],
+                "unbounded" if r["receptive_field"] is None else r["receptive_field"],
                 r["latency"], contributions[r["node"]], r["state_bytes"],
             ]
             for r in rows

@@ -358,19 +358,35 @@ class GraphStream(BaseStream):
         in the model), ``length`` (in terms of the input length ``T``), ``rate`` (against the
         input), ``window`` (input samples the op reads per output: kernel span; ``None`` for
         recurrent layers, whose memory is unbounded), ``receptive_field`` (input samples that one
-        of its outputs depends on), ``latency`` (lookahead accumulated up to this node, in input
-        samples) and ``state_bytes``."""
+        of its outputs depends on; ``None`` after a recurrent layer), ``latency`` (lookahead
+        accumulated up to this node, in input samples) and ``state_bytes``."""
         _, sizes = self._probe()
         fields = self._node_receptive_fields()
         symbol = next(iter(time_length(self._input).free_symbols))
         rows = []
+        unbounded: set[str] = set()  # nodes that a recurrent layer feeds: they remember it all
         for node in self._graph.nodes:
+            if node.name in self.handlers and any(
+                n.name in unbounded for n in node.all_input_nodes
+            ):
+                unbounded.add(node.name)
             if node.name not in self.handlers or time_axis(node) is None:
                 continue
             handler = self.handlers[node.name]
+            op, state = str(node.target), sizes.get(node.name, 0)
+            source = node.args[0] if node.args else None
+            if isinstance(source, fx.Node) and source.target is LEAF_OP:
+                # the output of an opaque leaf (a recurrent layer, a max pool): report the layer
+                handler = self.handlers[source.name]
+                op = f"{type(self._leaves[str(source.args[1])]).__name__} (leaf)"
+                state = sizes.get(source.name, 0)
             stack = node.meta.get("nn_module_stack") or {}
             window: Optional[int] = 1
             inner = getattr(handler, "inner", handler)
+            if isinstance(inner, RecurrentHandler) or any(
+                n.name in unbounded for n in node.all_input_nodes
+            ):
+                unbounded.add(node.name)
             if isinstance(inner, RecurrentHandler):
                 window = None
             elif isinstance(inner, ModuleStreamHandler):
@@ -378,14 +394,14 @@ class GraphStream(BaseStream):
             rows.append(
                 {
                     "node": node.name,
-                    "op": str(node.target),
+                    "op": op,
                     "layer": str(list(stack.values())[-1][0]) if stack else "",
                     "length": str(time_length(node)).replace(str(symbol), "T"),
                     "rate": self._rate_of(node),
                     "window": window,
-                    "receptive_field": fields.get(node.name, 0),
+                    "receptive_field": None if node.name in unbounded else fields.get(node.name, 0),
                     "latency": self._node_latency(node),
-                    "state_bytes": sizes.get(node.name, 0),
+                    "state_bytes": state,
                 }
             )
         return rows

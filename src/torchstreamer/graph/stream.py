@@ -17,6 +17,7 @@ from torch import Tensor, fx, nn
 
 from torchstreamer.base import BaseStream, Stateful
 from torchstreamer.errors import StreamInputError
+from torchstreamer.generated import Source
 from torchstreamer.graph.analysis import refuse, time_axis, time_length
 from torchstreamer.graph.capture import capture
 from torchstreamer.graph.handlers import (
@@ -148,63 +149,46 @@ class GraphStream(BaseStream):
     def _generate(self) -> Callable[..., list[Any]]:
         """The same call as straight-line Python: parameters read from their owner modules'
         dicts, handlers from ``self.handlers``, one line per node (no per-node dispatch)."""
-        names: dict[str, str] = {}
-        bound: dict[str, Any] = {}
-        lines = ["m = self.model", "h = self.handlers._modules", "c = self._constants"]
-
-        def show(value: Any) -> str:
-            if isinstance(value, fx.Node):
-                return names[value.name]
-            if isinstance(value, list):
-                return "[" + ", ".join(show(v) for v in value) + "]"
-            if isinstance(value, tuple):
-                return "(" + "".join(show(v) + ", " for v in value) + ")"
-            if value is None or isinstance(value, (bool, int, str)):
-                return repr(value)
-            key = f"_k{len(bound)}"
-            bound[key] = value
-            return key
-
+        source = Source("run(self, x, final)")
+        source.line("m, h, c = self.model, self.handlers._modules, self._constants")
         # free every value after its last use, as eager code does: intermediates of large
         # blocks held to the end of the call cost memory traffic
-        last_use: dict[str, list[str]] = {}
-        for node in self._graph.nodes:
-            for used in node.all_input_nodes:
-                last_use[used.name] = [node.name]
-        frees: dict[str, list[str]] = {}
-        for used, (user,) in last_use.items():
-            frees.setdefault(user, []).append(used)
-        kept = {o.name for o in self._outputs}
+        last_user = {used: node for node in self._graph.nodes for used in node.all_input_nodes}
+        frees: dict[fx.Node, list[fx.Node]] = {}
+        for used, user in last_user.items():
+            if used not in self._outputs:
+                frees.setdefault(user, []).append(used)
         for index, node in enumerate(self._graph.nodes):
-            name = names[node.name] = f"v{index}"
+            name = source.names[node] = f"v{index}"
             if node.op == "placeholder":
-                if node is self._input:
-                    lines.append(f"{name} = x")
-                    continue
-                target = self._sources[node.name]
-                if target in self._constants:
-                    lines.append(f"{name} = c[{target!r}]")
-                    continue
-                *path, leaf = target.split(".")
-                owner = "m" + "".join(f"._modules[{p!r}]" for p in path)
-                kind = "_parameters" if self._is_parameter(target) else "_buffers"
-                lines.append(f"{name} = {owner}.{kind}[{leaf!r}]")
+                source.line(f"{name} = {self._placeholder_expression(node)}")
             elif node.op == "call_function":
                 if node.name in self._symbolic:
-                    lines.append(f"{name} = None")
+                    source.line(f"{name} = None")
                 elif node.name in self.handlers:
-                    lines.append(f"{name} = h[{node.name!r}].step({show(list(node.args))}, final)")
+                    source.line(
+                        f"{name} = h[{node.name!r}].step({source.show(list(node.args))}, final)"
+                    )
                 else:
-                    arguments = [show(a) for a in node.args]
-                    arguments += [f"{k}={show(v)}" for k, v in node.kwargs.items()]
-                    lines.append(f"{name} = {show(node.target)}({', '.join(arguments)})")
-            dead = [names[n] for n in frees.get(node.name, []) if n not in kept and n in names]
-            if dead and node.op == "call_function":
-                lines.append("del " + ", ".join(dead))
-        lines.append("return [" + ", ".join(names[o.name] for o in self._outputs) + "]")
-        source = "def run(self, x, final):\n" + "".join(f"    {line}\n" for line in lines)
-        exec(compile(source, f"<stream of {type(self.model).__name__}>", "exec"), bound)
-        return bound["run"]
+                    call = source.arguments(node.args, node.kwargs)
+                    source.line(f"{name} = {source.show(node.target)}({call})")
+                if node in frees:
+                    source.line("del " + ", ".join(source.names[n] for n in frees[node]))
+        source.line("return [" + ", ".join(source.names[o] for o in self._outputs) + "]")
+        return source.compile(f"<stream of {type(self.model).__name__}>")
+
+    def _placeholder_expression(self, node: fx.Node) -> str:
+        """Where an input of the graph comes from: the block, a constant, or a parameter or
+        buffer read from its owner module's dict (no attribute lookups by path)."""
+        if node is self._input:
+            return "x"
+        target = self._sources[node.name]
+        if target in self._constants:
+            return f"c[{target!r}]"
+        *path, leaf = target.split(".")
+        owner = "m" + "".join(f"._modules[{p!r}]" for p in path)
+        kind = "_parameters" if self._is_parameter(target) else "_buffers"
+        return f"{owner}.{kind}[{leaf!r}]"
 
     def _is_parameter(self, target: str) -> bool:
         try:

@@ -12,63 +12,33 @@ from typing import Any, Callable
 
 from torch import fx, nn
 
+from torchstreamer.generated import Source
+
 __all__ = ["compile_graph"]
 
 
 def compile_graph(graph: fx.Graph, root: nn.Module) -> Callable[..., Any]:
     """A function equal to ``fx.GraphModule(root, graph).forward`` that reads ``root``'s
     buffers, parameters and submodules once, now."""
-    names: dict[fx.Node, str] = {}
-    bound: dict[str, Any] = {}
-    lines: list[str] = []
-    inputs: list[str] = []
-
-    def bind(value: Any) -> str:
-        name = f"_k{len(bound)}"
-        bound[name] = value
-        return name
-
-    def show(value: Any) -> str:
-        if isinstance(value, fx.Node):
-            return names[value]
-        if isinstance(value, (list, tuple)):
-            items = ", ".join(show(v) for v in value)
-            return f"[{items}]" if isinstance(value, list) else f"({items}{',' if value else ''})"
-        if value is None or isinstance(value, (bool, int, str)):
-            return repr(value)
-        return bind(value)
-
-    def call(node: fx.Node, function: str, args: tuple[Any, ...]) -> str:
-        return f"{function}({_join(show, list(args), node)})"
-
+    inputs = [f"v{i}" for i, n in enumerate(graph.nodes) if n.op == "placeholder"]
+    source = Source(f"step({', '.join(inputs)})")
     for index, node in enumerate(graph.nodes):
-        name = f"v{index}"
-        names[node] = name
-        if node.op == "placeholder":
-            inputs.append(name)
-        elif node.op == "get_attr":
-            names[node] = bind(_attribute(root, str(node.target)))
+        name = source.names[node] = f"v{index}"
+        if node.op == "get_attr":
+            source.names[node] = source.bind(_attribute(root, str(node.target)))
         elif node.op == "call_function":
-            lines.append(f"{name} = {call(node, bind(node.target), node.args)}")
+            call = f"{source.bind(node.target)}({source.arguments(node.args, node.kwargs)})"
+            source.line(f"{name} = {call}")
         elif node.op == "call_method":
             receiver, *rest = node.args
-            lines.append(f"{name} = {show(receiver)}.{node.target}({_join(show, rest, node)})")
+            call = f"{source.show(receiver)}.{node.target}({source.arguments(rest, node.kwargs)})"
+            source.line(f"{name} = {call}")
         elif node.op == "call_module":
-            module = bind(root.get_submodule(str(node.target)))
-            lines.append(f"{name} = {call(node, module, node.args)}")
+            module = source.bind(root.get_submodule(str(node.target)))
+            source.line(f"{name} = {module}({source.arguments(node.args, node.kwargs)})")
         elif node.op == "output":
-            lines.append(f"return {show(node.args[0])}")
-    source = f"def step({', '.join(inputs)}):\n" + "".join(f"    {line}\n" for line in lines)
-    namespace: dict[str, Any] = dict(bound)
-    exec(compile(source, "<torchstreamer step>", "exec"), namespace)
-    function: Callable[..., Any] = namespace["step"]
-    function.__doc__ = source  # the generated code, for whoever wants to read it
-    return function
-
-
-def _join(show: Callable[[Any], str], args: list[Any], node: fx.Node) -> str:
-    parts = [show(a) for a in args] + [f"{k}={show(v)}" for k, v in node.kwargs.items()]
-    return ", ".join(parts)
+            source.line(f"return {source.show(node.args[0])}")
+    return source.compile("<torchstreamer step>")
 
 
 def _attribute(root: nn.Module, target: str) -> Any:

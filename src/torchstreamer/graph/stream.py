@@ -94,7 +94,8 @@ class GraphStream(BaseStream):
             if not isinstance(output, fx.Node) or output.name not in self._timed:
                 raise refuse(output, "the model returns a value that does not follow the time axis")
         self._output_axis = time_axis(self._outputs[0])
-        self._run: Optional[Callable[..., list[Any]]] = None  # generated on the first call
+        # generated on first use: the call, and the same call recording every streamed block
+        self._runs: dict[bool, Callable[..., list[Any]]] = {}
 
     def _source(self, name: str) -> Tensor:
         target = self._sources[name]
@@ -109,12 +110,10 @@ class GraphStream(BaseStream):
         self, x: Tensor, final: bool = False
     ) -> Optional[Union[Tensor, tuple[Tensor, ...]]]:
         self._check_block(x)
-        if self._record is None:
-            if self._run is None:
-                self._run = self._generate()
-            results = self._run(self, x, final)
-        else:
-            results = self._interpret(x, final)
+        recording = self._record is not None
+        if recording not in self._runs:
+            self._runs[recording] = self._generate(recording)
+        results = self._runs[recording](self, x, final)
         self._batch = -1 if final else int(x.shape[0])
         if len(results) == 1:
             y = results[0]
@@ -123,32 +122,13 @@ class GraphStream(BaseStream):
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_run"] = None  # generated code does not pickle; it is made again on demand
+        state["_runs"] = {}  # generated code does not pickle; it is made again on demand
         return state
 
-    def _interpret(self, x: Tensor, final: bool) -> list[Any]:
-        """One call, node by node, putting every streamed node's block in ``_record``."""
-        env: dict[str, Any] = {}
-        for node in self._graph.nodes:
-            if node.op == "placeholder":
-                env[node.name] = x if node is self._input else self._source(node.name)
-            elif node.op == "call_function":
-                if node.name in self._symbolic:  # read by time slices at build time only
-                    env[node.name] = None
-                    continue
-                args = fx.node.map_arg(node.args, lambda n: env[n.name])
-                if node.name in self.handlers:
-                    env[node.name] = self.handlers[node.name].step(list(args), final)  # type: ignore[operator]
-                    if self._record is not None:
-                        self._record[node.name] = env[node.name]
-                else:
-                    kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
-                    env[node.name] = node.target(*args, **kwargs)
-        return [env[o.name] for o in self._outputs]
-
-    def _generate(self) -> Callable[..., list[Any]]:
+    def _generate(self, recording: bool = False) -> Callable[..., list[Any]]:
         """The same call as straight-line Python: parameters read from their owner modules'
-        dicts, handlers from ``self.handlers``, one line per node (no per-node dispatch)."""
+        dicts, handlers from ``self.handlers``, one line per node (no per-node dispatch). With
+        ``recording``, every streamed node's block also goes into ``self._record``."""
         source = Source("run(self, x, final)")
         source.line("m, h, c = self.model, self.handlers._modules, self._constants")
         # free every value after its last use, as eager code does: intermediates of large
@@ -169,6 +149,8 @@ class GraphStream(BaseStream):
                     source.line(
                         f"{name} = h[{node.name!r}].step({source.show(list(node.args))}, final)"
                     )
+                    if recording:
+                        source.line(f"self._record[{node.name!r}] = {name}")
                 else:
                     call = source.arguments(node.args, node.kwargs)
                     source.line(f"{name} = {source.show(node.target)}({call})")

@@ -17,6 +17,7 @@ Example:
 from torchstreamer.base import BaseStream
 from torchstreamer.errors import NotStreamableError, StreamError, StreamInputError
 from torchstreamer.graph.stream import GraphStream, stream
+from torchstreamer.step.blocks import StepStream
 from torchstreamer.step.export import export_onnx, export_step, read_onnx_state
 from torchstreamer.step.padded import PaddedConv1d
 from torchstreamer.step.transform import StepModel, streaming_transform
@@ -41,6 +42,7 @@ __all__ = [
     "Residual1dStream",
     "Sequential1dStream",
     "StepModel",
+    "StepStream",
     "StreamError",
     "StreamInputError",
     "create_stream",

@@ -103,6 +103,9 @@ class StepGraph:
     outputs: int  # how many model outputs come before the new states
     output_axes: list[int]
     input_shape: list[int]  # of x_t
+    frame: Optional[int] = None  # input samples per call; None: one, without a time axis
+    held_back: int = 0  # input samples by which a frame may hold an output back
+    drops_partial_frames: bool = True  # whether the model drops samples after the last frame
 
 
 class _Value:
@@ -213,7 +216,8 @@ class _Builder:
                 f"it changes the sampling rate (its output has {time_length(node)} samples for "
                 f"{self.symbol} input samples), and a step model takes and returns one sample "
                 "per call",
-                _STREAM_REMEDY,
+                f"pass frame='auto' to take {_minimal_frame(self.source)} input samples per call, "
+                "or " + _STREAM_REMEDY,
             )
         if offset < 0:
             raise refuse(
@@ -634,6 +638,12 @@ def _projected_lstm_cell(
     return F.linear(torch.sigmoid(o) * torch.tanh(c), w_hr), c
 
 
+def _minimal_frame(source: GraphStream) -> int:
+    from torchstreamer.step.frames import minimal_frame  # frames builds on this module
+
+    return minimal_frame(source)
+
+
 def _lookahead(samples: int) -> str:
     return f"a lookahead of {samples} sample{'s' if samples != 1 else ''}"
 
@@ -642,17 +652,39 @@ def _first(value: Union[int, tuple[int, ...]]) -> int:
     return int(value[0]) if isinstance(value, (tuple, list)) else int(value)
 
 
-def build_step_graph(model: nn.Module, example: Tensor, axis: int) -> StepGraph:
-    """Capture ``model`` on ``example`` and rewrite it as one time step (see the module doc).
+def build_step_graph(
+    model: nn.Module, example: Tensor, axis: int, frame: Union[int, str, None] = None
+) -> StepGraph:
+    """Capture ``model`` on ``example`` and rewrite it as one time step (see the module doc), or
+    as one frame of ``frame`` input samples (``"auto"``: the smallest that fits every layer's
+    rate; see :mod:`torchstreamer.step.frames`).
 
     Raises:
-        NotStreamableError: the model cannot stream, needs lookahead, or changes the rate.
+        NotStreamableError: the model cannot stream, needs lookahead, or changes the rate (and
+            no frame was asked for).
     """
     if example.dim() == 0:
         raise NotStreamableError("The example input must have a time axis.")
     source = GraphStream(model, example, axis)
     try:
-        return _Builder(source, example).build()
+        if frame is None:
+            return _Builder(source, example).build()
+        from torchstreamer.step.frames import build_frame_graph, minimal_frame
+
+        smallest = minimal_frame(source)
+        if frame == "auto":
+            frame = smallest
+        if isinstance(frame, bool) or not isinstance(frame, int) or frame < 1:
+            raise StreamError(
+                f"frame must be None, 'auto' or a positive number of samples, not {frame!r}."
+            )
+        if frame % smallest:
+            raise NotStreamableError(
+                f"A frame of {frame} samples does not fit {type(model).__name__}: its layers "
+                f"run at rates that need a multiple of {smallest} input samples per call; "
+                f"use frame={smallest} or frame='auto'."
+            )
+        return build_frame_graph(source, example, frame)
     except StreamError:
         raise
     except (RuntimeError, ValueError, IndexError) as error:  # pragma: no cover - a bug of ours

@@ -54,6 +54,11 @@ class StepModel(nn.Module):
     written in place; :attr:`state_names` lists them. The model's weights are copied when the
     step model is built: transform again after changing them.
 
+    A frame step model (:attr:`frame` is a number of samples) keeps the time axis instead:
+    ``step(x_frame)`` takes ``frame`` input samples (or a whole multiple of them) on
+    :attr:`axis` and returns the outputs they complete, ``frame`` times the model's rate per
+    output. :class:`torchstreamer.StepStream` feeds it blocks of any size.
+
     Example:
         >>> import torch
         >>> import torchstreamer as pts
@@ -65,9 +70,13 @@ class StepModel(nn.Module):
         True
     """
 
-    def __init__(self, step: StepGraph, label: str) -> None:
+    def __init__(self, step: StepGraph, label: str, axis: int = 0) -> None:
         super().__init__()
         self._label = label
+        self.axis = axis  # the time axis of the model's input
+        self.frame: Optional[int] = step.frame
+        self.held_back = step.held_back
+        self.drops_partial_frames = step.drops_partial_frames
         self.state_names: tuple[str, ...] = tuple(spec.name for spec in step.states)
         self.output_axes: tuple[int, ...] = tuple(step.output_axes)
         self.layers: tuple[str, ...] = tuple(spec.layer for spec in step.states)
@@ -109,10 +118,11 @@ class StepModel(nn.Module):
     # -- running ------------------------------------------------------------------------
 
     def forward(self, x: Tensor) -> Outputs:
-        """Run one time step on ``x`` (shaped like the example input without its time axis)."""
-        if x.shape != self._input_shape or (
-            self._dtype is not None and (x.dtype != self._dtype or x.device != self._device)
-        ):
+        """Run one time step on ``x`` (shaped like the example input without its time axis), or
+        one or more frames for a frame step model."""
+        if x.shape != self._input_shape and not self._whole_frames(x):
+            self._refuse(x)
+        if self._dtype is not None and (x.dtype != self._dtype or x.device != self._device):
             self._refuse(x)
         if torch.compiler.is_compiling():  # let the compiler see the module and its buffers
             return self.step_function(x)
@@ -121,8 +131,24 @@ class StepModel(nn.Module):
                 return self._fast(x)
         return self._fast(x)
 
+    def _whole_frames(self, x: Tensor) -> bool:
+        """Whether ``x`` is several frames: the frame's shape but a multiple of its length."""
+        if self.frame is None or x.dim() != len(self._input_shape):
+            return False
+        return x.shape[self.axis] > 0 and x.shape[self.axis] % self.frame == 0 and all(
+            size == own
+            for d, (size, own) in enumerate(zip(x.shape, self._input_shape))
+            if d != self.axis
+        )
+
     def _refuse(self, x: Tensor) -> None:
-        if x.shape != self._input_shape:
+        if self.frame is not None and x.shape != self._input_shape and not self._whole_frames(x):
+            raise StreamInputError(
+                f"The {self._label} takes frames shaped {list(self._input_shape)} per call (or a "
+                f"multiple of {self.frame} samples on axis {self.axis}) but got shape "
+                f"{list(x.shape)}; torchstreamer.StepStream takes blocks of any length."
+            )
+        if x.shape != self._input_shape and self.frame is None:
             raise StreamInputError(
                 f"The {self._label} takes one data point shaped {list(self._input_shape)} per "
                 f"call but got shape {list(x.shape)}."
@@ -225,13 +251,17 @@ class StepModel(nn.Module):
         return self._fast.__doc__ or ""
 
     def extra_repr(self) -> str:
-        return f"input {list(self._input_shape)}, state {list(self.state_names)}"
+        frame = f"frame {self.frame}, " if self.frame is not None else ""
+        return f"{frame}input {list(self._input_shape)}, state {list(self.state_names)}"
 
 
 def streaming_transform(
-    model: nn.Module, example_input: Tensor, axis: int = -1
+    model: nn.Module,
+    example_input: Tensor,
+    axis: int = -1,
+    frame: Union[int, str, None] = None,
 ) -> tuple[StepModel, Any]:
-    """Turn a causal model into a step model that takes one data point per call.
+    """Turn a causal model into a step model that takes one data point per call (or one frame).
 
     ``axis`` is the sequence axis of ``example_input``. ``step(x_t)`` takes ``example_input``
     without that axis (same batch size) and returns the model's output at that time step;
@@ -241,13 +271,21 @@ def streaming_transform(
     gated blocks, concatenations, ``nn.LSTM``/``nn.GRU``/``nn.RNN``, per-step ``Linear`` and
     ``LayerNorm``, stride-1 pools, ``cumsum`` over time.
 
+    With ``frame`` (a number of input samples, or ``"auto"`` for the smallest that works) the
+    step takes frames: ``example_input`` with ``frame`` samples on ``axis``, and returns
+    ``frame * rate`` samples of each output, time axis kept; concatenating them along
+    ``output_axis`` reproduces ``model(x)``. This lets models that change the sampling rate
+    (strided convolutions and pools, transposed convolutions, upsampling) run with static
+    shapes; ``step.held_back`` tells how many samples a frame may hold an output back (0 for
+    ``"auto"`` when each frame's outputs all depend on its last sample).
+
     Returns:
         ``(step, output_axis)``: a :class:`StepModel` and the time axis of the model's output
         (a tuple of axes when the model returns several tensors).
 
     Raises:
-        NotStreamableError: the model needs lookahead, changes the rate, or cannot stream; the
-            message names the layer and points to :func:`torchstreamer.stream`.
+        NotStreamableError: the model needs lookahead, changes the rate without a frame, or
+            cannot stream; the message names the layer and points to :func:`torchstreamer.stream`.
 
     Example:
         >>> import torch
@@ -258,14 +296,21 @@ def streaming_transform(
         >>> y = torch.stack([step(x[..., t]) for t in range(20)], axis)
         >>> torch.allclose(y, conv(x), atol=1e-6)
         True
+        >>> down = torch.nn.Sequential(torch.nn.Conv1d(3, 4, 2, stride=2), torch.nn.ReLU())
+        >>> step, axis = pts.streaming_transform(down.eval(), x, 2, frame="auto")
+        >>> step.frame, step(x[..., :2]).shape
+        (2, torch.Size([2, 4, 1]))
     """
     axis = axis % max(example_input.dim(), 1)
     was_training = model.training
     _set_training(model, False)
     try:
-        step_graph = build_step_graph(model, example_input, axis)
-        step = StepModel(step_graph, f"step model of {type(model).__name__}")
-        _check_against_offline(step, model, example_input, axis)
+        step_graph = build_step_graph(model, example_input, axis, frame)
+        step = StepModel(step_graph, f"step model of {type(model).__name__}", axis)
+        if step.frame is None:
+            _check_against_offline(step, model, example_input, axis)
+        else:
+            _check_frames_against_offline(step, model, example_input, axis)
     finally:
         _set_training(model, was_training)
     axes = step.output_axes
@@ -289,12 +334,41 @@ def _check_against_offline(step: StepModel, model: nn.Module, x: Tensor, axis: i
     expected_list = list(expected) if isinstance(expected, tuple) else [expected]
     for i, (offline, out_axis) in enumerate(zip(expected_list, step.output_axes)):
         streamed = torch.stack([o[i] if isinstance(o, tuple) else o for o in outputs], out_axis)
-        scale = float(offline.abs().max()) if offline.numel() else 0.0
-        if streamed.shape != offline.shape or not torch.allclose(
-            streamed, offline, rtol=1e-4, atol=1e-5 * max(1.0, scale)
-        ):
-            raise StreamError(
-                f"The {step._label} does not reproduce the model on the example (output {i}); "
-                "this is a bug of torch-streamer: please report it with the model. "
-                "torchstreamer.stream(model, example) streams it meanwhile."
-            )
+        _compare(step, streamed, offline, i)
+
+
+def _check_frames_against_offline(
+    step: StepModel, model: nn.Module, x: Tensor, axis: int
+) -> None:
+    """Run the start of the example frame by frame, then as one call, and compare both with the
+    offline model."""
+    frame = step.frame
+    assert frame is not None
+    while 0 < x.shape[axis] < 3 * frame:  # at least three frames, so that state carries over
+        x = torch.cat([x, x], axis)
+    count = max(3, min(x.shape[axis] // frame, 64 // frame))
+    signal = x.narrow(axis, 0, count * frame)
+    with torch.no_grad():
+        expected = model(signal)
+        by_frame = [step(signal.narrow(axis, f * frame, frame)) for f in range(count)]
+        step.reset()
+        at_once = step(signal)
+    step.reset()
+    expected_list = list(expected) if isinstance(expected, tuple) else [expected]
+    at_once_list = list(at_once) if isinstance(at_once, tuple) else [at_once]
+    for i, (offline, out_axis) in enumerate(zip(expected_list, step.output_axes)):
+        pieces = [o[i] if isinstance(o, tuple) else o for o in by_frame]
+        for streamed in (torch.cat(pieces, out_axis), at_once_list[i]):
+            _compare(step, streamed, offline, i)
+
+
+def _compare(step: StepModel, streamed: Tensor, offline: Tensor, index: int) -> None:
+    scale = float(offline.abs().max()) if offline.numel() else 0.0
+    if streamed.shape != offline.shape or not torch.allclose(
+        streamed, offline, rtol=1e-4, atol=1e-5 * max(1.0, scale)
+    ):
+        raise StreamError(
+            f"The {step._label} does not reproduce the model on the example (output {index}); "
+            "this is a bug of torch-streamer: please report it with the model. "
+            "torchstreamer.stream(model, example) streams it meanwhile."
+        )

@@ -1,0 +1,187 @@
+"""`StepStream`: blocks of any size through a step model, frame by frame."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from torchstreamer.base import BaseStream
+from torchstreamer.errors import NotStreamableError, StreamError, StreamInputError
+from torchstreamer.step.transform import StepModel
+
+__all__ = ["StepStream"]
+
+Outputs = Union[Tensor, tuple[Tensor, ...]]
+
+
+class StepStream(BaseStream):
+    """A stream over a :class:`StepModel`: blocks of any length along the model's time axis,
+    cut into the step model's frames (one sample each for a one-sample step model).
+
+    Samples wait in a buffer of one frame until the frame is whole; the whole frames of a block
+    run in one call of the step model. Each call returns the outputs its samples complete (or
+    ``None``), so the concatenated outputs equal the offline model's. It is the fast path for
+    small blocks; :func:`torchstreamer.stream` runs large blocks at the offline model's speed.
+
+    Raises:
+        NotStreamableError: the step model's frames would hold outputs back (a frame larger
+            than the model needs) or the model returns outputs for samples after its last whole
+            frame (then only :func:`torchstreamer.stream` ends such signals exactly).
+
+    Example:
+        >>> import torch
+        >>> import torchstreamer as pts
+        >>> model = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 4, stride=4), torch.nn.GELU())
+        >>> x = torch.randn(1, 1, 40)
+        >>> step, _ = pts.streaming_transform(model.eval(), x, -1, frame="auto")
+        >>> stream = pts.StepStream(step)
+        >>> outputs = [stream(x[..., t : t + 3]) for t in range(0, 40, 3)]
+        >>> y = torch.cat([o for o in outputs if o is not None], -1)
+        >>> torch.allclose(y, model(x), atol=1e-6)
+        True
+    """
+
+    _state_tensors = ("_pending",)
+    _state_ints = ("_filled",)
+
+    def __init__(self, step: StepModel) -> None:
+        super().__init__()
+        if step.held_back > 0:
+            raise NotStreamableError(
+                f"The frames of {step.frame} samples of this step model hold outputs back by up "
+                f"to {step.held_back} samples: a stream must return each output with the block "
+                "that completes it. Transform with frame='auto' (or use torchstreamer.stream)."
+            )
+        if not step.drops_partial_frames:
+            raise NotStreamableError(
+                "The model returns outputs for the samples after its last whole frame of "
+                f"{step.frame} (right padding or a window that the end of the signal closes), "
+                "which a step model never computes; use torchstreamer.stream(model, example)."
+            )
+        self.step = step
+        self._axis = step.axis
+        self._frame = step.frame if step.frame is not None else 1
+        shape = list(step._input_shape)
+        if step.frame is None:
+            shape.insert(step.axis, 1)
+        self._shape = shape
+        reference = next(iter(step.step_function.buffers()), None)
+        self.register_buffer(
+            "_pending",
+            torch.zeros(
+                shape,
+                dtype=step._dtype or torch.float32,
+                device=reference.device if reference is not None else None,
+            ),
+            persistent=False,
+        )
+        self._filled = 0
+
+    def forward(self, x: Tensor, final: bool = False) -> Optional[Outputs]:  # type: ignore[override]
+        """Stream one block; return the outputs it completes, or ``None``. ``final=True`` ends
+        the signal: samples short of a whole frame are dropped, as the offline model drops
+        them."""
+        self._check(x)
+        axis, frame = self._axis, self._frame
+        length = x.shape[axis]
+        results: list[Outputs] = []
+        start = 0
+        if self._filled or length < frame:
+            start = min(frame - self._filled, length)
+            self._pending.narrow(axis, self._filled, start).copy_(x.narrow(axis, 0, start))
+            self._filled += start
+            if self._filled == frame:
+                results.append(self._run(self._pending))
+                self._filled = 0
+        whole = (length - start) // frame * frame
+        if whole:
+            results.append(self._run(x.narrow(axis, start, whole)))
+        rest = length - start - whole
+        if rest:
+            self._pending.narrow(axis, 0, rest).copy_(x.narrow(axis, start + whole, rest))
+            self._filled = rest
+        if final:
+            self.reset()
+        if not results:
+            return None
+        return results[0] if len(results) == 1 else _join(results, self.step.output_axes)
+
+    def _run(self, frames: Tensor) -> Outputs:
+        step = self.step
+        if step.frame is not None:
+            return step(frames)
+        points = [step(frames.select(self._axis, t)) for t in range(frames.shape[self._axis])]
+        if isinstance(points[0], tuple):
+            return tuple(
+                torch.stack([p[i] for p in points], axis)  # type: ignore[index]
+                for i, axis in enumerate(step.output_axes)
+            )
+        return torch.stack(points, step.output_axes[0])  # type: ignore[arg-type]
+
+    def _check(self, x: Tensor) -> None:
+        """Raise :class:`StreamInputError` before any state changes unless ``x`` fits."""
+        shape = self._shape
+        if x.dim() != len(shape) or any(
+            size != own for d, (size, own) in enumerate(zip(x.shape, shape)) if d != self._axis
+        ):
+            expected = ["T" if d == self._axis else str(s) for d, s in enumerate(shape)]
+            raise StreamInputError(
+                f"The stream of the {self.step._label} takes blocks shaped "
+                f"[{', '.join(expected)}] but got shape {list(x.shape)}."
+            )
+        pending = self._pending
+        if x.dtype != pending.dtype or x.device != pending.device:
+            raise StreamInputError(
+                f"The stream of the {self.step._label} computes in {pending.dtype} on "
+                f"{pending.device} but the block is {x.dtype} on {x.device}; convert the block "
+                "or the model."
+            )
+
+    def reset(self) -> None:
+        """Drop the signal in progress: the partial frame and the step model's state."""
+        self._filled = 0
+        self.step.reset()
+
+    def get_state(self) -> dict[str, Tensor]:
+        """The pending samples, their count and the step model's state (see
+        :meth:`StepModel.snapshot`), keyed by name."""
+        state = {"_pending": self._pending.clone(), "_filled": torch.tensor(self._filled)}
+        state.update({f"step.{k}": v for k, v in self.step.snapshot().items()})
+        return state
+
+    def set_state(self, state: dict[str, Tensor]) -> None:
+        """Restore a state from :meth:`get_state`.
+
+        Raises:
+            StreamError: the state does not fit this stream.
+        """
+        own = {"_pending", "_filled"} | {f"step.{n}" for n in self.step.state_names}
+        if set(state) != own:
+            raise StreamError(
+                f"The state does not fit this stream: missing {sorted(own - set(state))}, "
+                f"unexpected {sorted(set(state) - own)}."
+            )
+        pending = state["_pending"]
+        if pending.shape != self._pending.shape or pending.dtype != self._pending.dtype:
+            raise StreamError(
+                f"State '_pending' must be {self._pending.dtype} shaped "
+                f"{list(self._pending.shape)} but is {pending.dtype} shaped {list(pending.shape)}."
+            )
+        filled = int(state["_filled"])
+        if not 0 <= filled < self._frame:
+            raise StreamError(f"State '_filled' must be in [0, {self._frame}) but is {filled}.")
+        self.step.restore({k[len("step.") :]: v for k, v in state.items() if k.startswith("step.")})
+        with torch.no_grad():
+            self._pending.copy_(pending)
+        self._filled = filled
+
+
+def _join(results: list[Outputs], axes: tuple[int, ...]) -> Outputs:
+    if isinstance(results[0], tuple):
+        return tuple(
+            torch.cat([r[i] for r in results], axis)  # type: ignore[index]
+            for i, axis in enumerate(axes)
+        )
+    return torch.cat(results, axes[0])  # type: ignore[arg-type]

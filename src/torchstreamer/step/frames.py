@@ -1,0 +1,478 @@
+"""The rewrite behind ``streaming_transform(..., frame=S)``: a captured graph runs whole frames.
+
+A model that changes the sampling rate (strided convolutions, pools, transposed convolutions,
+upsampling) cannot take one sample per call with static shapes: a layer at half the rate has an
+output every other call. Taking ``S`` input samples per call instead, where ``S`` makes every
+layer's rate times ``S`` whole, gives every node a fixed number of new values per call
+(``S * rate``). The time axis stays, and every op keeps its offline meaning:
+
+- per-step ops run as they are, on the frame;
+- a window op (convolution, pool) keeps the inputs of its next window that came before the frame
+  in a state tensor, reads ``[state, frame]`` and writes back its tail; strided and dilated
+  convolutions become one matrix product over an unfolded view, which costs less than
+  ``F.conv1d`` on a few samples;
+- a transposed convolution keeps the inputs whose outputs overlap the frame's;
+- ``cumsum`` keeps its running sum; nearest upsampling repeats samples.
+
+Every node's value ``i`` sits at frame position ``i - offset`` (left padding gives values before
+the signal starts, as for one-sample steps). The generated code does not depend on the frame
+count, so a call may also take several frames at once.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from torchstreamer.graph.analysis import refuse, time_axis, time_length
+from torchstreamer.graph.handlers import (
+    Aligned,
+    ListHandler,
+    ModuleStreamHandler,
+    NearestUpsample,
+    RecurrentHandler,
+    Reshape,
+    RunningSum,
+    TimeSlice,
+)
+from torchstreamer.graph.stream import GraphStream
+from torchstreamer.step.rewrite import (
+    _FAST,
+    _STREAM_REMEDY,
+    StepGraph,
+    _Builder,
+    _first,
+    _lookahead,
+    _Value,
+)
+
+__all__ = ["build_frame_graph", "minimal_frame"]
+
+_LAST = (Ellipsis,)  # index prefix that reaches the last (time) axis of a window op
+
+
+def minimal_frame(source: GraphStream) -> int:
+    """The smallest number of input samples that gives every node of ``source`` a whole number
+    of values: the least common multiple of the denominators of the nodes' rates."""
+    frame = 1
+    for node in source._graph.nodes:
+        if node.name in source.handlers and time_axis(node) is not None:
+            frame = math.lcm(frame, source._rate_of(node).denominator)
+    return frame
+
+
+def _tail(start: int, stop_from_end: int) -> tuple[Any, ...]:
+    """The index ``[..., start:-stop_from_end]`` (``stop_from_end`` 0: to the end)."""
+    return (*_LAST, slice(start or None, -stop_from_end if stop_from_end else None))
+
+
+class _FrameBuilder(_Builder):
+    def __init__(self, source: GraphStream, example: Tensor, frame: int) -> None:
+        super().__init__(source, example)
+        self.frame = frame
+
+    # -- analysis -------------------------------------------------------------------------
+
+    def per_frame(self, node: fx.Node) -> int:
+        """New values of ``node`` per frame (refuses a frame that does not fit its rate)."""
+        rate = self.source._rate_of(node)
+        count = rate * self.frame
+        if count.denominator != 1:
+            need = minimal_frame(self.source)
+            raise refuse(
+                node,
+                f"it runs at {rate} of the input rate, so a frame of {self.frame} samples gives "
+                f"it {count} values",
+                f"use a frame that is a multiple of {need} (frame={need} or frame='auto')",
+            )
+        return int(count)
+
+    def held_back(self) -> int:
+        """The most input samples by which a frame holds an output back: an output sample that
+        the block-by-block stream returns before the frame that completes it ends."""
+        arrivals, _ = self.source._probe()
+        held = 0
+        for output in self.source._outputs:
+            count = self.per_frame(output)
+            for j, arrival in enumerate(arrivals.get(output.name, [])):
+                end = self.frame * (j // count + 1) if count else arrival
+                held = max(held, end - arrival)
+        return held
+
+    def drops_partial_frames(self) -> bool:
+        """Whether the offline model returns nothing for the samples after the last whole frame
+        (so that a stream may drop them when the signal ends)."""
+        for output in self.source._outputs:
+            count = self.per_frame(output)
+            length = time_length(output)
+            for rest in range(self.frame):
+                samples = 5 * self.frame + rest
+                if int(length.subs(self.symbol, samples)) != 5 * count:
+                    return False
+        return True
+
+    # -- the walk -------------------------------------------------------------------------
+
+    def build(self) -> StepGraph:
+        source = self.source
+        for node in source._graph.nodes:
+            if node.op == "placeholder":
+                if node is source._input:
+                    self.env[node.name], self.offset[node.name] = self.x, 0
+                else:
+                    self.env[node.name] = _Value(self.values[node.name])
+            elif node.op == "call_function":
+                if node.name in source._symbolic:
+                    self.env[node.name] = None
+                elif node.name not in source.handlers:
+                    self.env[node.name] = _Value(self.values[node.name])
+                else:
+                    self.frame_node(node)
+        outputs, axes = [], []
+        for output in source._outputs:
+            offset, count = self.offset[output.name], self.per_frame(output)
+            if offset > 0:
+                raise refuse(
+                    output,
+                    f"the model returns {offset} samples from before the signal starts (left "
+                    "padding that reaches the output)",
+                    "crop them in the model, or " + _STREAM_REMEDY,
+                )
+            length = time_length(output).subs(self.symbol, 4 * self.frame)
+            if int(length) != 4 * count:
+                extra = int(length) - 4 * count
+                raise refuse(
+                    output,
+                    f"the model returns {extra} samples more than {count} per frame of "
+                    f"{self.frame} (right padding or a window centred on its output)",
+                    _STREAM_REMEDY,
+                )
+            outputs.append(self.env[output.name])
+            axis = time_axis(output)
+            assert axis is not None
+            axes.append(axis)
+        self.graph.output((*outputs, *(value for _, value in self.state_nodes)))
+        self.graph.eliminate_dead_code()  # transposes that swap() made redundant
+        shape = list(source._example_shape)
+        shape[source._axis] = self.frame
+        return StepGraph(
+            self.graph, self.root, self.states, len(outputs), axes, shape,
+            frame=self.frame, held_back=self.held_back(),
+            drops_partial_frames=self.drops_partial_frames(),
+        )  # fmt: skip
+
+    def frame_node(self, node: fx.Node) -> None:
+        handler = self.source.handlers[node.name]
+        timed = [n for n in node.all_input_nodes if n.name in self.offset]
+        offsets = {self.offset[n.name] for n in timed}
+        if len(offsets) > 1:
+            raise refuse(
+                node,
+                f"it joins values that are shifted in time against each other (by "
+                f"{max(offsets) - min(offsets)} samples)",
+                "pad or crop the branches so that they line up, or " + _STREAM_REMEDY,
+            )
+        offset = offsets.pop()
+        self.offset[node.name] = offset
+        if time_axis(node) is not None:
+            self.per_frame(node)
+        source = timed[0]
+        if isinstance(handler, ListHandler):
+            inner = handler.inner
+            module = inner.holder if isinstance(inner, ModuleStreamHandler) else None
+            if not isinstance(module, nn.MaxPool1d):
+                raise refuse(
+                    node, "step models do not run layers with a registered streamer", _STREAM_REMEDY
+                )
+            self.module_window(node, module, offset)
+            self.env[node.name] = [self.env[node.name]]
+        elif isinstance(handler, RecurrentHandler):
+            raise refuse(
+                node,
+                "frame step models do not run recurrent layers yet",
+                "use frame=None (one sample per call) if the model keeps the sampling rate, or "
+                + _STREAM_REMEDY,
+            )
+        elif isinstance(handler, ModuleStreamHandler):
+            self.module_window(node, handler.holder, offset)
+        elif isinstance(handler, TimeSlice):
+            self.env[node.name] = self.env[source.name]
+            self.offset[node.name] = offset - handler.start
+        elif isinstance(handler, RunningSum):
+            self.running_sum(node, source, offset)
+        elif isinstance(handler, Reshape):
+            shape = [int(s) for s in node.meta["val"].shape]
+            shape[handler.axis] = -1
+            self.env[node.name] = self.method("reshape", self.env[source.name], shape)
+        elif isinstance(handler, NearestUpsample):
+            self.env[node.name] = self.call(
+                torch.repeat_interleave, self.env[source.name], handler.factor, dim=handler.axis
+            )
+            self.offset[node.name] = offset * handler.factor
+        elif isinstance(handler, Aligned):
+            self.per_step(node)
+        else:
+            raise refuse(node, "frame step models do not run this op", _STREAM_REMEDY)
+
+    def swap(self, value: fx.Node) -> fx.Node:
+        """``value.transpose(-1, -2)``, or the value that ``value`` is that transpose of."""
+        if value.op == "call_method" and value.target == "transpose" and value.args[1:] == (-1, -2):
+            source = value.args[0]
+            assert isinstance(source, fx.Node)
+            return source
+        return self.method("transpose", value, -1, -2)
+
+    def per_step(self, node: fx.Node) -> None:
+        """The op as it is: on a frame, it means what it means offline."""
+        if node.target is operator.getitem:
+            held: Any = node.args[0]
+            container = self.env[held.name]
+            if isinstance(container, list):  # a leaf's outputs
+                self.env[node.name] = container[node.args[1]]  # type: ignore[index]
+                return
+        if any(n.name in self.source._symbolic for n in node.all_input_nodes):
+            raise refuse(
+                node,
+                "its arguments depend on the length of the signal",
+                _STREAM_REMEDY,
+            )
+        target: Any = node.target
+        args = [self.arg(a) for a in node.args]
+        kwargs = {k: self.arg(v) for k, v in node.kwargs.items()}
+        self.env[node.name] = self.call(_FAST.get(target, target), *args, **kwargs)
+
+    # -- stateful ops ---------------------------------------------------------------------
+
+    def running_sum(self, node: fx.Node, source: fx.Node, offset: int) -> None:
+        axis = time_axis(node)
+        assert axis is not None
+        value = self.values[node.name]
+        if offset > 0:
+            self.prehistory(source, offset)
+            initial = value.narrow(axis, offset - 1, 1)
+        else:
+            initial = torch.zeros_like(value.narrow(axis, 0, 1))
+        carry = self.state(node, "sum", initial)
+        total = self.call(torch.add, self.call(torch.cumsum, self.env[source.name], axis), carry)
+        last = self.method("select", total, axis, -1)
+        self.update(carry, self.method("unsqueeze", last, axis))
+        self.env[node.name] = total
+
+    def module_window(self, node: fx.Node, module: nn.Module, offset: int) -> None:
+        source = node.args[0]
+        assert isinstance(source, fx.Node)
+        if isinstance(module, (nn.ConstantPad1d, nn.ReflectionPad1d, nn.ReplicationPad1d)):
+            left = int(module.padding[0])
+            if left > 0 and not isinstance(module, nn.ConstantPad1d):
+                self.prehistory(node, offset + left)  # refuses: the pad copies the signal
+            self.env[node.name] = self.env[source.name]
+            self.offset[node.name] = offset + left
+            return
+        if isinstance(module, (nn.AvgPool1d, nn.MaxPool1d)):
+            if int(_first(module.padding)) != 0:
+                raise refuse(
+                    node,
+                    "step models do not run pools with padding inside the pool",
+                    "pad explicitly before the pool (F.pad), or " + _STREAM_REMEDY,
+                )
+            kernel = int(_first(module.kernel_size))
+            stride = int(_first(module.stride if module.stride is not None else kernel))
+            dilation = int(_first(getattr(module, "dilation", 1)))
+            kind = "avg" if isinstance(module, nn.AvgPool1d) else "max"
+            self.window(node, source, kernel, stride, dilation, 0, offset, kind)
+            return
+        weight: Any = node.args[1]
+        bias = node.args[2] if len(node.args) > 2 else None
+        w = self.values[weight.name]
+        b = self.values[bias.name] if isinstance(bias, fx.Node) else None
+        if isinstance(module, nn.ConvTranspose1d):
+            self.transposed(node, source, module, offset, w, b)
+            return
+        assert isinstance(module, nn.Conv1d)
+        kernel, dilation = int(module.kernel_size[0]), int(module.dilation[0])
+        stride = int(module.stride[0])
+        if isinstance(module.padding, str):
+            span = dilation * (kernel - 1) + 1
+            pad = 0 if module.padding == "valid" else (span - 1) // 2
+        else:
+            pad = int(module.padding[0])
+        self.window(node, source, kernel, stride, dilation, pad, offset, "conv", w, b, module.groups)
+
+    def window(
+        self,
+        node: fx.Node,
+        source: fx.Node,
+        kernel: int,
+        stride: int,
+        dilation: int,
+        pad: int,
+        offset: int,
+        kind: str,
+        weight: Optional[Tensor] = None,
+        bias: Optional[Tensor] = None,
+        groups: int = 1,
+    ) -> None:
+        """A window op over the last axis: conv (``weight [O, C/groups, K]``), ``avg``, ``max``.
+
+        Output ``j`` reads input ``j * stride - pad + m * dilation``. With ``offset`` input
+        values before the signal, the first output of a frame is the earliest whose window ends
+        by the frame's end; the window's start then lies ``keep`` samples before the frame.
+        """
+        span = dilation * (kernel - 1) + 1
+        available = offset + pad
+        out_offset = (available + stride - span) // stride
+        if out_offset < 0:
+            ahead = span - stride - available
+            raise refuse(
+                node,
+                f"its output at time t depends on inputs up to t + {ahead} ({_lookahead(ahead)}"
+                ": a window without left padding, a centred window or a crop)",
+                "pad causally on the left, e.g. with torchstreamer.PaddedConv1d, or "
+                + _STREAM_REMEDY,
+            )
+        self.offset[node.name] = out_offset
+        keep = available - out_offset * stride  # inputs before the frame that the frame reads
+        x = self.env[source.name]
+        if keep > 0:
+            before = self.prehistory(source, offset) if offset else None
+            full = self.values[source.name]
+            zeros = full.new_zeros([*full.shape[:-1], max(0, keep - offset)])
+            initial = zeros if before is None else torch.cat([zeros, before], -1)
+            held = self.state(node, "window", initial[..., initial.shape[-1] - keep :])
+            window = self.call(torch.cat, [held, x], -1)
+            self.update(held, self.call(operator.getitem, window, _tail(-keep, 0)))
+        elif keep < 0:
+            window = self.call(operator.getitem, x, _tail(-keep, 0))
+        else:
+            window = x
+        extra = (keep - span) // stride + 1  # outputs past the frame's last one
+        lead = list(self.values[source.name].shape[:-2])
+        if kind == "conv":
+            assert weight is not None
+            y = self.convolution(window, lead, weight, bias, kernel, stride, dilation, groups)
+        else:
+            taps = self.swap(window)  # time-major: [..., L, C]
+            taps = self.method("unfold", taps, -2, span, stride)  # [..., n, C, span]
+            if dilation > 1:
+                taps = self.call(operator.getitem, taps, (Ellipsis, slice(None, None, dilation)))
+            y = self.method("mean" if kind == "avg" else "amax", taps, -1)
+            y = self.swap(y)
+        if extra > 0:
+            y = self.call(operator.getitem, y, _tail(0, extra))
+        self.env[node.name] = y
+
+    def convolution(
+        self,
+        window: fx.Node,
+        lead: list[int],
+        weight: Tensor,
+        bias: Optional[Tensor],
+        kernel: int,
+        stride: int,
+        dilation: int,
+        groups: int,
+    ) -> fx.Node:
+        """``F.conv1d(window, ...)`` without padding. With ``groups == 1``, one time-major
+        matrix product ``[n, K * C] @ [K * C, O]`` over the window's taps, returned as a
+        transposed view: on a few samples ``F.conv1d``'s set-up costs more, and a product whose
+        narrow side is time runs far slower than one whose narrow side is rows. The next
+        convolution then reads its taps from the time-major values without a copy."""
+        if groups != 1:
+            b = self.constant(bias) if bias is not None else None
+            return self.call(F.conv1d, window, self.constant(weight), b, stride, 0, dilation, groups)
+        out_channels, channels = weight.shape[0], weight.shape[1]
+        matrix = self.constant(weight.permute(2, 1, 0).reshape(kernel * channels, out_channels))
+        rows = self.swap(window)  # [..., L, C]
+        if dilation == 1 and kernel == stride:  # taps side by side: a view of time-major rows
+            if kernel > 1:
+                rows = self.method("reshape", rows, [*lead, -1, kernel * channels])
+        else:
+            span = dilation * (kernel - 1) + 1
+            taps = self.method("unfold", rows, -2, span, stride)  # [..., n, C, span]
+            if dilation > 1:
+                taps = self.call(operator.getitem, taps, (Ellipsis, slice(None, None, dilation)))
+            taps = self.swap(taps)  # [..., n, K, C]
+            rows = self.method("flatten", taps, -2)  # [..., n, K * C]
+        y = self.product(rows, matrix, bias, lead)
+        return self.swap(y)
+
+    def product(
+        self, rows: fx.Node, matrix: fx.Node, bias: Optional[Tensor], lead: list[int]
+    ) -> fx.Node:
+        """``rows @ matrix + bias`` (``addmm`` when there is no batch dim)."""
+        offsets = self.constant(bias[None, :]) if bias is not None else None
+        if not lead:
+            if offsets is not None:
+                return self.call(torch.addmm, offsets, rows, matrix)
+            return self.call(torch.mm, rows, matrix)
+        y = self.call(torch.matmul, rows, matrix)
+        return self.call(torch.add, y, offsets) if offsets is not None else y
+
+    def transposed(
+        self,
+        node: fx.Node,
+        source: fx.Node,
+        module: nn.ConvTranspose1d,
+        offset: int,
+        weight: Tensor,
+        bias: Optional[Tensor],
+    ) -> None:
+        """A transposed convolution: input ``i`` adds ``weight[..., m]`` to output
+        ``i * stride + m * dilation - padding``. A frame's first output is the one at its first
+        input, and the ``keep`` inputs before the frame still reach the frame's outputs."""
+        stride, kernel = int(module.stride[0]), int(module.kernel_size[0])
+        dilation, pad = int(module.dilation[0]), int(module.padding[0])
+        span = dilation * (kernel - 1) + 1
+        out_offset = stride * offset - pad
+        if out_offset < 0:
+            raise refuse(
+                node,
+                f"its padding ({pad}) crops outputs of the signal's first input samples, so "
+                "frames do not line up with its output",
+                _STREAM_REMEDY,
+            )
+        self.offset[node.name] = out_offset
+        keep = (span - 1) // stride
+        x = self.env[source.name]
+        groups = module.groups
+        if dilation == 1 and kernel == stride and groups == 1:  # no overlap, no state
+            # time-major: input i gives rows i * K + m, column o; columns ordered (m, o)
+            channels, out_channels = weight.shape[0], weight.shape[1]
+            matrix = weight.permute(0, 2, 1).reshape(channels, kernel * out_channels)
+            full_bias = bias.repeat(kernel) if bias is not None else None
+            lead = list(self.values[source.name].shape[:-2])
+            rows = self.swap(x)  # [..., n, C]
+            y = self.product(rows, self.constant(matrix), full_bias, lead)  # [..., n, K * O]
+            y = self.method("reshape", y, [*lead, -1, out_channels])  # [..., n * K, O]
+            self.env[node.name] = self.swap(y)
+            return
+        if keep > 0:
+            full = self.values[source.name]
+            before = self.prehistory(source, offset) if offset else None
+            zeros = full.new_zeros([*full.shape[:-1], max(0, keep - offset)])
+            initial = zeros if before is None else torch.cat([zeros, before], -1)
+            held = self.state(node, "window", initial[..., initial.shape[-1] - keep :])
+            window = self.call(torch.cat, [held, x], -1)
+            self.update(held, self.call(operator.getitem, window, _tail(-keep, 0)))
+        else:
+            window = x
+        padding_out = max(0, stride - span)
+        b = self.constant(bias) if bias is not None else None
+        y = self.call(
+            F.conv_transpose1d, window, self.constant(weight), b, stride, 0, padding_out, groups,
+            dilation,
+        )  # fmt: skip
+        extra = span + padding_out - stride  # outputs past the frame's last one
+        if keep or extra:
+            y = self.call(operator.getitem, y, _tail(keep * stride, extra))
+        self.env[node.name] = y
+
+
+def build_frame_graph(source: GraphStream, example: Tensor, frame: int) -> StepGraph:
+    """Rewrite the graph of ``source`` to run frames of ``frame`` input samples (module doc)."""
+    return _FrameBuilder(source, example, frame).build()

@@ -128,7 +128,7 @@ def targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
 
     def best_stream(workload: str, block: int) -> Optional[dict[str, Any]]:
-        streams = ("module", "script", "graph")
+        streams = ("module", "script", "graph", "step")
         rows = [
             r for r in one
             if (r["workload"], r["block"]) == (workload, block) and r["runner"] in streams

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torchstreamer.base import BaseStream
 from torchstreamer.errors import NotStreamableError, StreamError
 from torchstreamer.graph.stream import stream
+from torchstreamer.step.blocks import StepStream
 from torchstreamer.step.transform import StepModel, streaming_transform
 from torchstreamer.streams.registry import create_stream
 
@@ -188,6 +189,10 @@ def runners_for(
             step_model, axis = streaming_transform(model, example, -1)
             if isinstance(axis, int):
                 runners.append(StepRunner(step_model, axis))
+        except NotStreamableError:  # a model that changes the rate may still run in frames
+            with contextlib.suppress(StreamError):
+                frames, _ = streaming_transform(model, example, -1, frame="auto")
+                runners.append(StreamRunner("step", StepStream(frames)))
         except StreamError:
             pass
     runners += [OfflineRunner(model), ChunkRunner(model)]

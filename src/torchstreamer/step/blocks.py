@@ -67,6 +67,9 @@ class StepStream(BaseStream):
         if step.frame is None:
             shape.insert(step.axis, 1)
         self._shape = shape
+        self._rank = len(shape)
+        self._before = torch.Size(shape[: step.axis])
+        self._after = torch.Size(shape[step.axis + 1 :])
         reference = next(iter(step.step_function.buffers()), None)
         self.register_buffer(
             "_pending",
@@ -83,25 +86,40 @@ class StepStream(BaseStream):
         """Stream one block; return the outputs it completes, or ``None``. ``final=True`` ends
         the signal: samples short of a whole frame are dropped, as the offline model drops
         them."""
-        self._check(x)
-        axis, frame = self._axis, self._frame
+        axis, frame, filled = self._axis, self._frame, self._filled
+        pending = self._held()
+        if (
+            x.dim() != self._rank
+            or x.shape[:axis] != self._before
+            or x.shape[axis + 1 :] != self._after
+            or x.dtype != pending.dtype
+            or x.device != pending.device
+        ):
+            self._refuse(x, pending)
         length = x.shape[axis]
+        if filled + length < frame and not final:  # the common small block: the samples wait
+            if length:
+                pending.narrow(axis, filled, length).copy_(x)
+                self._filled = filled + length
+            return None
         results: list[Outputs] = []
         start = 0
-        if self._filled or length < frame:
-            start = min(frame - self._filled, length)
-            self._pending.narrow(axis, self._filled, start).copy_(x.narrow(axis, 0, start))
-            self._filled += start
-            if self._filled == frame:
-                results.append(self._run(self._pending))
-                self._filled = 0
+        if filled or length < frame:
+            start = min(frame - filled, length)
+            pending.narrow(axis, filled, start).copy_(x.narrow(axis, 0, start))
+            if filled + start == frame:
+                results.append(self._run(pending))
+                filled = 0
+            else:
+                filled += start
         whole = (length - start) // frame * frame
         if whole:
             results.append(self._run(x.narrow(axis, start, whole)))
         rest = length - start - whole
         if rest:
-            self._pending.narrow(axis, 0, rest).copy_(x.narrow(axis, start + whole, rest))
-            self._filled = rest
+            pending.narrow(axis, 0, rest).copy_(x.narrow(axis, start + whole, rest))
+            filled = rest
+        self._filled = filled
         if final:
             self.reset()
         if not results:
@@ -115,13 +133,12 @@ class StepStream(BaseStream):
         points = [step(frames.select(self._axis, t)) for t in range(frames.shape[self._axis])]
         if isinstance(points[0], tuple):
             return tuple(
-                torch.stack([p[i] for p in points], axis)  # type: ignore[index]
-                for i, axis in enumerate(step.output_axes)
+                torch.stack([p[i] for p in points], axis) for i, axis in enumerate(step.output_axes)
             )
-        return torch.stack(points, step.output_axes[0])  # type: ignore[arg-type]
+        return torch.stack(points, step.output_axes[0])
 
-    def _check(self, x: Tensor) -> None:
-        """Raise :class:`StreamInputError` before any state changes unless ``x`` fits."""
+    def _refuse(self, x: Tensor, pending: Tensor) -> None:
+        """Raise :class:`StreamInputError` for a block that does not fit (no state changed)."""
         shape = self._shape
         if x.dim() != len(shape) or any(
             size != own for d, (size, own) in enumerate(zip(x.shape, shape)) if d != self._axis
@@ -131,13 +148,17 @@ class StepStream(BaseStream):
                 f"The stream of the {self.step._label} takes blocks shaped "
                 f"[{', '.join(expected)}] but got shape {list(x.shape)}."
             )
-        pending = self._pending
-        if x.dtype != pending.dtype or x.device != pending.device:
-            raise StreamInputError(
-                f"The stream of the {self.step._label} computes in {pending.dtype} on "
-                f"{pending.device} but the block is {x.dtype} on {x.device}; convert the block "
-                "or the model."
-            )
+        raise StreamInputError(
+            f"The stream of the {self.step._label} computes in {pending.dtype} on "
+            f"{pending.device} but the block is {x.dtype} on {x.device}; convert the block "
+            "or the model."
+        )
+
+    def _held(self) -> Tensor:
+        """The buffer of samples that wait for their frame to be whole."""
+        pending = self._buffers["_pending"]
+        assert pending is not None
+        return pending
 
     def reset(self) -> None:
         """Drop the signal in progress: the partial frame and the step model's state."""
@@ -147,7 +168,7 @@ class StepStream(BaseStream):
     def get_state(self) -> dict[str, Tensor]:
         """The pending samples, their count and the step model's state (see
         :meth:`StepModel.snapshot`), keyed by name."""
-        state = {"_pending": self._pending.clone(), "_filled": torch.tensor(self._filled)}
+        state = {"_pending": self._held().clone(), "_filled": torch.tensor(self._filled)}
         state.update({f"step.{k}": v for k, v in self.step.snapshot().items()})
         return state
 
@@ -163,25 +184,22 @@ class StepStream(BaseStream):
                 f"The state does not fit this stream: missing {sorted(own - set(state))}, "
                 f"unexpected {sorted(set(state) - own)}."
             )
-        pending = state["_pending"]
-        if pending.shape != self._pending.shape or pending.dtype != self._pending.dtype:
+        pending, own_pending = state["_pending"], self._held()
+        if pending.shape != own_pending.shape or pending.dtype != own_pending.dtype:
             raise StreamError(
-                f"State '_pending' must be {self._pending.dtype} shaped "
-                f"{list(self._pending.shape)} but is {pending.dtype} shaped {list(pending.shape)}."
+                f"State '_pending' must be {own_pending.dtype} shaped "
+                f"{list(own_pending.shape)} but is {pending.dtype} shaped {list(pending.shape)}."
             )
         filled = int(state["_filled"])
         if not 0 <= filled < self._frame:
             raise StreamError(f"State '_filled' must be in [0, {self._frame}) but is {filled}.")
         self.step.restore({k[len("step.") :]: v for k, v in state.items() if k.startswith("step.")})
         with torch.no_grad():
-            self._pending.copy_(pending)
+            own_pending.copy_(pending)
         self._filled = filled
 
 
 def _join(results: list[Outputs], axes: tuple[int, ...]) -> Outputs:
     if isinstance(results[0], tuple):
-        return tuple(
-            torch.cat([r[i] for r in results], axis)  # type: ignore[index]
-            for i, axis in enumerate(axes)
-        )
+        return tuple(torch.cat([r[i] for r in results], axis) for i, axis in enumerate(axes))
     return torch.cat(results, axes[0])  # type: ignore[arg-type]

@@ -12,7 +12,8 @@ layer's rate times ``S`` whole, gives every node a fixed number of new values pe
   convolutions become one matrix product over an unfolded view, which costs less than
   ``F.conv1d`` on a few samples;
 - a transposed convolution keeps the inputs whose outputs overlap the frame's;
-- ``cumsum`` keeps its running sum; nearest upsampling repeats samples.
+- ``cumsum`` keeps its running sum; recurrent layers run on the frame from the hidden state
+  the last frame left; nearest upsampling repeats samples.
 
 Every node's value ``i`` sits at frame position ``i - offset`` (left padding gives values before
 the signal starts, as for one-sample steps). The generated code does not depend on the frame
@@ -21,6 +22,7 @@ count, so a call may also take several frames at once.
 
 from __future__ import annotations
 
+import copy
 import math
 import operator
 from typing import Any, Optional
@@ -157,7 +159,9 @@ class _FrameBuilder(_Builder):
             assert axis is not None
             axes.append(axis)
         self.graph.output((*outputs, *(value for _, value in self.state_nodes)))
-        self.graph.eliminate_dead_code()  # transposes that swap() made redundant
+        for unused in reversed(list(self.graph.nodes)):  # transposes that swap() made redundant
+            if unused.op == "call_method" and unused.target == "transpose" and not unused.users:
+                self.graph.erase_node(unused)
         shape = list(source._example_shape)
         shape[source._axis] = self.frame
         return StepGraph(
@@ -192,12 +196,7 @@ class _FrameBuilder(_Builder):
             self.module_window(node, module, offset)
             self.env[node.name] = [self.env[node.name]]
         elif isinstance(handler, RecurrentHandler):
-            raise refuse(
-                node,
-                "frame step models do not run recurrent layers yet",
-                "use frame=None (one sample per call) if the model keeps the sampling rate, or "
-                + _STREAM_REMEDY,
-            )
+            self.recurrent(node, handler.rnn, offset)
         elif isinstance(handler, ModuleStreamHandler):
             self.module_window(node, handler.holder, offset)
         elif isinstance(handler, TimeSlice):
@@ -263,6 +262,34 @@ class _FrameBuilder(_Builder):
         self.update(carry, self.method("unsqueeze", last, axis))
         self.env[node.name] = total
 
+    def recurrent(self, node: fx.Node, rnn: nn.RNNBase, offset: int) -> None:
+        """The layer itself on the frame, from the hidden state that the last frame left."""
+        source = node.args[0]
+        assert isinstance(source, fx.Node)
+        x = self.values[source.name]
+        batch = [x.shape[0 if rnn.batch_first else 1]] if x.dim() == 3 else []
+        width = getattr(rnn, "proj_size", 0) or rnn.hidden_size
+        h = x.new_zeros([rnn.num_layers, *batch, width])
+        c = x.new_zeros([rnn.num_layers, *batch, rnn.hidden_size])
+        if offset > 0:  # the layer has run over the samples before the signal
+            with torch.no_grad():
+                _, hidden = rnn(self.prehistory(source, offset))
+            h, c = hidden if isinstance(hidden, tuple) else (hidden, c)
+        lstm = isinstance(rnn, nn.LSTM)
+        h_state = self.state(node, "hidden", h)
+        c_state = self.state(node, "cell", c) if lstm else None
+        name = f"recurrent_{len(self.states):02d}"
+        self.root.add_module(name, copy.deepcopy(rnn))  # weights copied, as for constants
+        hidden_in = (h_state, c_state) if lstm else h_state
+        result = self.graph.call_module(name, (self.env[source.name], hidden_in))
+        hidden_out = self.call(operator.getitem, result, 1)
+        if c_state is not None:
+            self.update(h_state, self.call(operator.getitem, hidden_out, 0))
+            self.update(c_state, self.call(operator.getitem, hidden_out, 1))
+        else:
+            self.update(h_state, hidden_out)
+        self.env[node.name] = [self.call(operator.getitem, result, 0), None, None]
+
     def module_window(self, node: fx.Node, module: nn.Module, offset: int) -> None:
         source = node.args[0]
         assert isinstance(source, fx.Node)
@@ -284,7 +311,7 @@ class _FrameBuilder(_Builder):
             stride = int(_first(module.stride if module.stride is not None else kernel))
             dilation = int(_first(getattr(module, "dilation", 1)))
             kind = "avg" if isinstance(module, nn.AvgPool1d) else "max"
-            self.window(node, source, kernel, stride, dilation, 0, offset, kind)
+            self.frame_window(node, source, kernel, stride, dilation, 0, offset, kind)
             return
         weight: Any = node.args[1]
         bias = node.args[2] if len(node.args) > 2 else None
@@ -301,9 +328,10 @@ class _FrameBuilder(_Builder):
             pad = 0 if module.padding == "valid" else (span - 1) // 2
         else:
             pad = int(module.padding[0])
-        self.window(node, source, kernel, stride, dilation, pad, offset, "conv", w, b, module.groups)
+        groups = module.groups
+        self.frame_window(node, source, kernel, stride, dilation, pad, offset, "conv", w, b, groups)
 
-    def window(
+    def frame_window(
         self,
         node: fx.Node,
         source: fx.Node,
@@ -384,7 +412,8 @@ class _FrameBuilder(_Builder):
         convolution then reads its taps from the time-major values without a copy."""
         if groups != 1:
             b = self.constant(bias) if bias is not None else None
-            return self.call(F.conv1d, window, self.constant(weight), b, stride, 0, dilation, groups)
+            w = self.constant(weight)
+            return self.call(F.conv1d, window, w, b, stride, 0, dilation, groups)
         out_channels, channels = weight.shape[0], weight.shape[1]
         matrix = self.constant(weight.permute(2, 1, 0).reshape(kernel * channels, out_channels))
         rows = self.swap(window)  # [..., L, C]

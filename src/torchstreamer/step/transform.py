@@ -135,10 +135,14 @@ class StepModel(nn.Module):
         """Whether ``x`` is several frames: the frame's shape but a multiple of its length."""
         if self.frame is None or x.dim() != len(self._input_shape):
             return False
-        return x.shape[self.axis] > 0 and x.shape[self.axis] % self.frame == 0 and all(
-            size == own
-            for d, (size, own) in enumerate(zip(x.shape, self._input_shape))
-            if d != self.axis
+        return (
+            x.shape[self.axis] > 0
+            and x.shape[self.axis] % self.frame == 0
+            and all(
+                size == own
+                for d, (size, own) in enumerate(zip(x.shape, self._input_shape))
+                if d != self.axis
+            )
         )
 
     def _refuse(self, x: Tensor) -> None:
@@ -337,9 +341,7 @@ def _check_against_offline(step: StepModel, model: nn.Module, x: Tensor, axis: i
         _compare(step, streamed, offline, i)
 
 
-def _check_frames_against_offline(
-    step: StepModel, model: nn.Module, x: Tensor, axis: int
-) -> None:
+def _check_frames_against_offline(step: StepModel, model: nn.Module, x: Tensor, axis: int) -> None:
     """Run the start of the example frame by frame, then as one call, and compare both with the
     offline model."""
     frame = step.frame

@@ -265,3 +265,12 @@ def test_inspect_and_bench_a_torch_export_file(
     assert "step model: yes" in capsys.readouterr().out
     arguments = ["bench", str(tmp_path / "m.pt2"), "--blocks", "4", "--repeats", "1"]
     assert main([*arguments, "--length", "32"]) == 0
+
+
+def test_inspect_says_that_a_model_with_strides_runs_in_frames(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["inspect", "--example", "seed_sequential"]) == 0
+    out = capsys.readouterr().out
+    assert "step model: yes, in frames of 8 input samples" in out
+    assert "StepStream streams it" in out

@@ -268,3 +268,37 @@ def test_frame_step_models_export_and_compile() -> None:
     torch.testing.assert_close(y, expected)
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(frame), expected)
+
+
+class Codec(nn.Module):
+    """Strided encoder with window state, a GRU at the low rate, a decoder with overlap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encode = nn.Sequential(Causal(2, 6, 4, 2, 1), nn.ELU(), Causal(6, 6, 3, 2, 2))
+        self.rnn = Recurrent(6, nn.GRU, 1)
+        self.decode = nn.ConvTranspose1d(6, 2, 4, stride=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.rnn(self.encode(x)))
+
+
+@pytest.mark.parametrize("name", ["seed", "codec"])
+def test_onnxruntime_runs_an_exported_frame_step_model(name: str, tmp_path: Any) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    model: nn.Module = seed_sequential(8) if name == "seed" else Codec().eval()
+    x = torch.randn(1, 64) if name == "seed" else torch.randn(2, 2, 64)
+    step, _ = pts.streaming_transform(model, x, -1, frame="auto")
+    path = pts.export_onnx(step, tmp_path / "frames.onnx")
+    metadata = pts.read_onnx_state(path)
+    assert metadata["frame"] == step.frame
+    session = ort.InferenceSession(str(path))
+    state = {s["input"]: s["initial"] for s in metadata["states"]}
+    frame = step.frame
+    assert frame is not None
+    for f in range(x.shape[-1] // frame):
+        block = x[..., f * frame : (f + 1) * frame]
+        results = session.run(None, {metadata["input"]["name"]: block.numpy(), **state})
+        for spec, value in zip(metadata["states"], results[1:]):
+            state[spec["input"]] = value
+        torch.testing.assert_close(torch.from_numpy(results[0]), step(block), rtol=1e-5, atol=1e-5)

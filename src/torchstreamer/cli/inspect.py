@@ -8,7 +8,7 @@ from torchstreamer.cli.show import message, table
 from torchstreamer.cli.spec import LoadedModel
 from torchstreamer.errors import NotStreamableError, StreamError
 from torchstreamer.graph.stream import GraphStream, stream
-from torchstreamer.step.transform import streaming_transform
+from torchstreamer.step.transform import StepModel, streaming_transform
 
 __all__ = ["inspect_model"]
 
@@ -72,8 +72,30 @@ def _step_verdict(loaded: LoadedModel) -> str:
     try:
         step, _ = streaming_transform(loaded.model, loaded.example, -1)
     except NotStreamableError as error:
-        return "no: " + str(error).split(": ", 1)[-1].split(". To stream it")[0]
+        refusal = _reason(error)
+        try:  # a model that changes the rate may run in frames
+            step, _ = streaming_transform(loaded.model, loaded.example, -1, frame="auto")
+        except StreamError as frame_error:
+            return f"no: {refusal}; in frames: {_reason(frame_error)}"
+        return f"yes, in frames of {step.frame} input samples (frame='auto'): {_frames(step)}"
     except StreamError as error:
         return f"no: {error}"
-    size = sum(t.numel() * t.element_size() for t in step.snapshot().values())
-    return f"yes: streaming_transform gives one sample per call ({size} bytes of state)"
+    return f"yes: streaming_transform gives one sample per call ({_state_size(step)} bytes of state)"
+
+
+def _reason(error: StreamError) -> str:
+    return str(error).split(": ", 1)[-1].split(". To stream it")[0]
+
+
+def _state_size(step: StepModel) -> int:
+    return sum(t.numel() * t.element_size() for t in step.snapshot().values())
+
+
+def _frames(step: StepModel) -> str:
+    if step.held_back:
+        stream = f"frames hold outputs back by up to {step.held_back} samples"
+    elif not step.drops_partial_frames:
+        stream = "the model returns outputs when the signal ends, which frames never compute"
+    else:
+        stream = "StepStream streams it block by block"
+    return f"{_state_size(step)} bytes of state; {stream}"

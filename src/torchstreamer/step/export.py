@@ -143,6 +143,8 @@ def _metadata(step: StepModel, inputs: list[str], outputs: list[str]) -> dict[st
     return {
         "format": "pure step: (in_signal, *in_state) -> (out_signal..., *out_state)",
         "input": {"name": inputs[0], "shape": list(step._input_shape)},
+        "frame": step.frame,  # input samples per call, time axis kept; null: one, axis removed
+        "time_axis": step.axis,
         "outputs": [{"name": n, "time_axis": a} for n, a in zip(outputs, step.output_axes)],
         "latency_samples": 0,
         "states": states,

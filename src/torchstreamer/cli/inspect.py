@@ -80,7 +80,8 @@ def _step_verdict(loaded: LoadedModel) -> str:
         return f"yes, in frames of {step.frame} input samples (frame='auto'): {_frames(step)}"
     except StreamError as error:
         return f"no: {error}"
-    return f"yes: streaming_transform gives one sample per call ({_state_size(step)} bytes of state)"
+    size = _state_size(step)
+    return f"yes: streaming_transform gives one sample per call ({size} bytes of state)"
 
 
 def _reason(error: StreamError) -> str:

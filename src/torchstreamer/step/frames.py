@@ -145,13 +145,21 @@ class _FrameBuilder(_Builder):
                     "padding that reaches the output)",
                     "crop them in the model, or " + _STREAM_REMEDY,
                 )
-            length = time_length(output).subs(self.symbol, 4 * self.frame)
-            if int(length) != 4 * count:
-                extra = int(length) - 4 * count
+            if offset < 0:
                 raise refuse(
                     output,
-                    f"the model returns {extra} samples more than {count} per frame of "
-                    f"{self.frame} (right padding or a window centred on its output)",
+                    f"the model's output at time t depends on inputs up to t + {-offset} "
+                    f"({_lookahead(-offset)}: a crop at the start)",
+                    _STREAM_REMEDY,
+                )
+            length = int(time_length(output).subs(self.symbol, 4 * self.frame))
+            if length != 4 * count:
+                raise refuse(
+                    output,
+                    f"for 4 frames of {self.frame} samples the model returns {length} samples, "
+                    f"{length - 4 * count} more than {count} per frame: samples that the end of "
+                    "the signal adds (right padding, a transposed convolution's overlap, a "
+                    "window centred on its output), which a frame never computes",
                     _STREAM_REMEDY,
                 )
             outputs.append(self.env[output.name])

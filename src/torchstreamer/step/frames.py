@@ -48,9 +48,7 @@ from torchstreamer.step.rewrite import (
     _STREAM_REMEDY,
     StepGraph,
     _Builder,
-    _first,
     _lookahead,
-    _Value,
 )
 
 __all__ = ["build_frame_graph", "minimal_frame"]
@@ -122,19 +120,7 @@ class _FrameBuilder(_Builder):
 
     def build(self) -> StepGraph:
         source = self.source
-        for node in source._graph.nodes:
-            if node.op == "placeholder":
-                if node is source._input:
-                    self.env[node.name], self.offset[node.name] = self.x, 0
-                else:
-                    self.env[node.name] = _Value(self.values[node.name])
-            elif node.op == "call_function":
-                if node.name in source._symbolic:
-                    self.env[node.name] = None
-                elif node.name not in source.handlers:
-                    self.env[node.name] = _Value(self.values[node.name])
-                else:
-                    self.frame_node(node)
+        self.walk(self.frame_node)
         outputs, axes = [], []
         for output in source._outputs:
             offset, count = self.offset[output.name], self.per_frame(output)
@@ -180,17 +166,7 @@ class _FrameBuilder(_Builder):
 
     def frame_node(self, node: fx.Node) -> None:
         handler = self.source.handlers[node.name]
-        timed = [n for n in node.all_input_nodes if n.name in self.offset]
-        offsets = {self.offset[n.name] for n in timed}
-        if len(offsets) > 1:
-            raise refuse(
-                node,
-                f"it joins values that are shifted in time against each other (by "
-                f"{max(offsets) - min(offsets)} samples)",
-                "pad or crop the branches so that they line up, or " + _STREAM_REMEDY,
-            )
-        offset = offsets.pop()
-        self.offset[node.name] = offset
+        offset, timed = self.joined_offset(node)
         if time_axis(node) is not None:
             self.per_frame(node)
         source = timed[0]
@@ -274,18 +250,8 @@ class _FrameBuilder(_Builder):
         """The layer itself on the frame, from the hidden state that the last frame left."""
         source = node.args[0]
         assert isinstance(source, fx.Node)
-        x = self.values[source.name]
-        batch = [x.shape[0 if rnn.batch_first else 1]] if x.dim() == 3 else []
-        width = getattr(rnn, "proj_size", 0) or rnn.hidden_size
-        h = x.new_zeros([rnn.num_layers, *batch, width])
-        c = x.new_zeros([rnn.num_layers, *batch, rnn.hidden_size])
-        if offset > 0:  # the layer has run over the samples before the signal
-            with torch.no_grad():
-                _, hidden = rnn(self.prehistory(source, offset))
-            h, c = hidden if isinstance(hidden, tuple) else (hidden, c)
-        lstm = isinstance(rnn, nn.LSTM)
-        h_state = self.state(node, "hidden", h)
-        c_state = self.state(node, "cell", c) if lstm else None
+        h_state, c_state = self.recurrent_state(node, rnn, offset)
+        lstm = c_state is not None
         name = f"recurrent_{len(self.states):02d}"
         self.root.add_module(name, copy.deepcopy(rnn))  # weights copied, as for constants
         hidden_in = (h_state, c_state) if lstm else h_state
@@ -301,23 +267,10 @@ class _FrameBuilder(_Builder):
     def module_window(self, node: fx.Node, module: nn.Module, offset: int) -> None:
         source = node.args[0]
         assert isinstance(source, fx.Node)
-        if isinstance(module, (nn.ConstantPad1d, nn.ReflectionPad1d, nn.ReplicationPad1d)):
-            left = int(module.padding[0])
-            if left > 0 and not isinstance(module, nn.ConstantPad1d):
-                self.prehistory(node, offset + left)  # refuses: the pad copies the signal
-            self.env[node.name] = self.env[source.name]
-            self.offset[node.name] = offset + left
+        if self.padded(node, module, source, offset):
             return
         if isinstance(module, (nn.AvgPool1d, nn.MaxPool1d)):
-            if int(_first(module.padding)) != 0:
-                raise refuse(
-                    node,
-                    "step models do not run pools with padding inside the pool",
-                    "pad explicitly before the pool (F.pad), or " + _STREAM_REMEDY,
-                )
-            kernel = int(_first(module.kernel_size))
-            stride = int(_first(module.stride if module.stride is not None else kernel))
-            dilation = int(_first(getattr(module, "dilation", 1)))
+            kernel, stride, dilation = self.pool_geometry(node, module)
             kind = "avg" if isinstance(module, nn.AvgPool1d) else "max"
             self.frame_window(node, source, kernel, stride, dilation, 0, offset, kind)
             return
@@ -338,6 +291,19 @@ class _FrameBuilder(_Builder):
             pad = int(module.padding[0])
         groups = module.groups
         self.frame_window(node, source, kernel, stride, dilation, pad, offset, "conv", w, b, groups)
+
+    def held_window(self, node: fx.Node, source: fx.Node, offset: int, keep: int) -> fx.Node:
+        """``[state, frame]`` along the last axis, where the state holds the ``keep`` inputs
+        before the frame (at first: zeros for padding, then the input's values before the
+        signal) and is written back from the window's tail."""
+        full = self.values[source.name]
+        before = self.prehistory(source, offset) if offset else None
+        zeros = full.new_zeros([*full.shape[:-1], max(0, keep - offset)])
+        initial = zeros if before is None else torch.cat([zeros, before], -1)
+        held = self.state(node, "window", initial[..., initial.shape[-1] - keep :])
+        window = self.call(torch.cat, [held, self.env[source.name]], -1)
+        self.update(held, self.call(operator.getitem, window, _tail(-keep, 0)))
+        return window
 
     def frame_window(
         self,
@@ -375,13 +341,7 @@ class _FrameBuilder(_Builder):
         keep = available - out_offset * stride  # inputs before the frame that the frame reads
         x = self.env[source.name]
         if keep > 0:
-            before = self.prehistory(source, offset) if offset else None
-            full = self.values[source.name]
-            zeros = full.new_zeros([*full.shape[:-1], max(0, keep - offset)])
-            initial = zeros if before is None else torch.cat([zeros, before], -1)
-            held = self.state(node, "window", initial[..., initial.shape[-1] - keep :])
-            window = self.call(torch.cat, [held, x], -1)
-            self.update(held, self.call(operator.getitem, window, _tail(-keep, 0)))
+            window = self.held_window(node, source, offset, keep)
         elif keep < 0:
             window = self.call(operator.getitem, x, _tail(-keep, 0))
         else:
@@ -488,16 +448,7 @@ class _FrameBuilder(_Builder):
             y = self.method("reshape", y, [*lead, -1, out_channels])  # [..., n * K, O]
             self.env[node.name] = self.swap(y)
             return
-        if keep > 0:
-            full = self.values[source.name]
-            before = self.prehistory(source, offset) if offset else None
-            zeros = full.new_zeros([*full.shape[:-1], max(0, keep - offset)])
-            initial = zeros if before is None else torch.cat([zeros, before], -1)
-            held = self.state(node, "window", initial[..., initial.shape[-1] - keep :])
-            window = self.call(torch.cat, [held, x], -1)
-            self.update(held, self.call(operator.getitem, window, _tail(-keep, 0)))
-        else:
-            window = x
+        window = self.held_window(node, source, offset, keep) if keep > 0 else x
         padding_out = max(0, stride - span)
         b = self.constant(bias) if bias is not None else None
         y = self.call(

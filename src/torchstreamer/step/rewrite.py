@@ -230,7 +230,9 @@ class _Builder:
 
     # -- the walk -------------------------------------------------------------------------
 
-    def build(self) -> StepGraph:
+    def walk(self, visit: Callable[[fx.Node], None]) -> None:
+        """Give every node of the captured graph its value: the input, constants (computed
+        once), and ``visit(node)`` for every streamed node."""
         source = self.source
         for node in source._graph.nodes:
             if node.op == "placeholder":
@@ -244,9 +246,27 @@ class _Builder:
                 elif node.name not in source.handlers:
                     self.env[node.name] = _Value(self.values[node.name])
                 else:
-                    self.step_node(node)
-                    if time_axis(node) is not None:
-                        self.check_length(node, self.offset[node.name])
+                    visit(node)
+
+    def joined_offset(self, node: fx.Node) -> tuple[int, list[fx.Node]]:
+        """The offset that the time inputs of ``node`` share (refused when they differ), and
+        those inputs."""
+        timed = [n for n in node.all_input_nodes if n.name in self.offset]
+        offsets = {self.offset[n.name] for n in timed}
+        if len(offsets) > 1:
+            raise refuse(
+                node,
+                f"it joins values that are shifted in time against each other (by "
+                f"{max(offsets) - min(offsets)} samples)",
+                "pad or crop the branches so that they line up, or " + _STREAM_REMEDY,
+            )
+        offset = offsets.pop()
+        self.offset[node.name] = offset
+        return offset, timed
+
+    def build(self) -> StepGraph:
+        source = self.source
+        self.walk(self.visit)
         outputs, axes = [], []
         for output in source._outputs:
             extra = int(sympy.simplify(time_length(output) - self.symbol))
@@ -274,19 +294,14 @@ class _Builder:
         del shape[source._axis]
         return StepGraph(self.graph, self.root, self.states, len(outputs), axes, shape)
 
+    def visit(self, node: fx.Node) -> None:
+        self.step_node(node)
+        if time_axis(node) is not None:
+            self.check_length(node, self.offset[node.name])
+
     def step_node(self, node: fx.Node) -> None:
         handler = self.source.handlers[node.name]
-        timed = [n for n in node.all_input_nodes if n.name in self.offset]
-        offsets = {self.offset[n.name] for n in timed}
-        if len(offsets) > 1:
-            raise refuse(
-                node,
-                f"it joins values that are shifted in time against each other (by "
-                f"{max(offsets) - min(offsets)} samples)",
-                "pad or crop the branches so that they line up, or " + _STREAM_REMEDY,
-            )
-        offset = offsets.pop()
-        self.offset[node.name] = offset
+        offset, timed = self.joined_offset(node)
         if isinstance(handler, ListHandler):
             self.leaf(node, handler)
         elif isinstance(handler, RecurrentHandler):
@@ -434,23 +449,32 @@ class _Builder:
         self.update(carry, total)
         self.env[node.name] = total
 
-    def recurrent(self, node: fx.Node, rnn: nn.RNNBase, offset: int) -> None:
+    def recurrent_state(
+        self, node: fx.Node, rnn: nn.RNNBase, offset: int
+    ) -> tuple[fx.Node, Optional[fx.Node]]:
+        """The hidden (and, for an LSTM, cell) state of a recurrent layer: zeros, or where the
+        layer stands after the values before the signal."""
         source = node.args[0]
         assert isinstance(source, fx.Node)
-        axis = 1 if rnn.batch_first else 0
         x = self.values[source.name]
-        batched = x.dim() == 3
-        width = rnn.proj_size if getattr(rnn, "proj_size", 0) else rnn.hidden_size
-        batch = [x.shape[1 - axis]] if batched else []
+        batch = [x.shape[0 if rnn.batch_first else 1]] if x.dim() == 3 else []
+        width = getattr(rnn, "proj_size", 0) or rnn.hidden_size
         h = x.new_zeros([rnn.num_layers, *batch, width])
         c = x.new_zeros([rnn.num_layers, *batch, rnn.hidden_size])
         if offset > 0:  # the layer has run over the samples before the signal
             with torch.no_grad():
                 _, hidden = rnn(self.prehistory(source, offset))
             h, c = hidden if isinstance(hidden, tuple) else (hidden, c)
-        lstm = isinstance(rnn, nn.LSTM)
         h_state = self.state(node, "hidden", h)
-        c_state = self.state(node, "cell", c) if lstm else None
+        c_state = self.state(node, "cell", c) if isinstance(rnn, nn.LSTM) else None
+        return h_state, c_state
+
+    def recurrent(self, node: fx.Node, rnn: nn.RNNBase, offset: int) -> None:
+        source = node.args[0]
+        assert isinstance(source, fx.Node)
+        batched = self.values[source.name].dim() == 3
+        lstm = isinstance(rnn, nn.LSTM)
+        h_state, c_state = self.recurrent_state(node, rnn, offset)
         step_in = self.env[source.name]
         if not batched:
             step_in = self.method("unsqueeze", step_in, 0)
@@ -508,25 +532,38 @@ class _Builder:
         self.module_window(node, module, self.offset[node.name])
         self.env[node.name] = [self.env[node.name]]
 
+    def padded(self, node: fx.Node, module: nn.Module, source: fx.Node, offset: int) -> bool:
+        """Handle ``module`` if it is a padding layer: its left padding becomes values before
+        the signal (``offset``); padding that copies the signal is refused."""
+        if not isinstance(module, (nn.ConstantPad1d, nn.ReflectionPad1d, nn.ReplicationPad1d)):
+            return False
+        left = int(module.padding[0])
+        if left > 0 and not isinstance(module, nn.ConstantPad1d):
+            self.prehistory(node, offset + left)  # refuses: the pad copies the signal
+        self.env[node.name] = self.env[source.name]
+        self.offset[node.name] = offset + left
+        return True
+
+    def pool_geometry(self, node: fx.Node, module: nn.Module) -> tuple[int, int, int]:
+        """``(kernel, stride, dilation)`` of a pool without padding (refused otherwise)."""
+        if int(_first(module.padding)) != 0:  # type: ignore[arg-type]
+            raise refuse(
+                node,
+                "step models do not run pools with padding inside the pool",
+                "pad explicitly before the pool (F.pad), or " + _STREAM_REMEDY,
+            )
+        kernel = int(_first(module.kernel_size))  # type: ignore[arg-type]
+        stride = module.stride if module.stride is not None else kernel
+        dilation = int(_first(getattr(module, "dilation", 1)))
+        return kernel, int(_first(stride)), dilation  # type: ignore[arg-type]
+
     def module_window(self, node: fx.Node, module: nn.Module, offset: int) -> None:
         source = node.args[0]
         assert isinstance(source, fx.Node)
-        if isinstance(module, (nn.ConstantPad1d, nn.ReflectionPad1d, nn.ReplicationPad1d)):
-            left = int(module.padding[0])
-            if left > 0 and not isinstance(module, nn.ConstantPad1d):
-                self.prehistory(node, offset + left)  # refuses: the pad copies the signal
-            self.env[node.name] = self.env[source.name]
-            self.offset[node.name] = offset + left
+        if self.padded(node, module, source, offset):
             return
         if isinstance(module, (nn.AvgPool1d, nn.MaxPool1d)):
-            kernel = int(_first(module.kernel_size))
-            dilation = int(_first(getattr(module, "dilation", 1)))
-            if int(_first(module.padding)) != 0:
-                raise refuse(
-                    node,
-                    "step models do not run pools with padding inside the pool",
-                    "pad explicitly before the pool (F.pad), or " + _STREAM_REMEDY,
-                )
+            kernel, _, dilation = self.pool_geometry(node, module)
             kind = "mean" if isinstance(module, nn.AvgPool1d) else "amax"
             self.window(node, source, kernel, dilation, 0, offset, kind)
             return

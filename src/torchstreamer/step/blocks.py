@@ -70,16 +70,8 @@ class StepStream(BaseStream):
         self._rank = len(shape)
         self._before = torch.Size(shape[: step.axis])
         self._after = torch.Size(shape[step.axis + 1 :])
-        reference = next(iter(step.step_function.buffers()), None)
-        self.register_buffer(
-            "_pending",
-            torch.zeros(
-                shape,
-                dtype=step._dtype or torch.float32,
-                device=reference.device if reference is not None else None,
-            ),
-            persistent=False,
-        )
+        pending = torch.zeros(shape, dtype=step._dtype or torch.float32, device=step._device)
+        self.register_buffer("_pending", pending, persistent=False)
         self._filled = 0
 
     def forward(self, x: Tensor, final: bool = False) -> Optional[Outputs]:  # type: ignore[override]

@@ -1,10 +1,23 @@
-# torch-streamer: set-up and checks. `make test` and `make demo` create .venv when it is missing.
+# torch-streamer: set-up and checks. Every target creates $(VENV) when it is missing and installs
+# what it needs, once: torch first, then the project with the extras of that target, at the
+# exact versions of requirements/pins.txt. `make demo` installs only what the demo needs; a later
+# `make test` adds the rest.
 PYTHON ?= python3
 VENV ?= .venv
 # the CPU wheel; an unpinned torch can pull a multi-GB CUDA build
 TORCH_SPEC ?= torch==2.13.0
+PINS := requirements/pins.txt
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip install --quiet
+# what every level needs: a venv, a current pip, torch
+BASE_STAMP := $(VENV)/.installed-base
+# one stamp per set of extras
+DEMO_STAMP := $(VENV)/.installed-demo
+TEST_STAMP := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
+DOCS_STAMP := $(VENV)/.installed-docs
+# the sdist of torch-streamer 0.0.2, for the compatibility test
+COMPAT := $(VENV)/compat/torch_streamer-0.0.2.tar.gz
 
 .PHONY: help venv test test-thorough lint check demo bench docs clean
 
@@ -17,38 +30,57 @@ help:
 	@echo "make bench          the benchmark suite (benchmarks/run.py): table, JSON and PNG in benchmarks/results"
 	@echo "make docs           build the documentation strictly (site/)"
 
-venv: $(STAMP)
+# everything the tests need
+venv: $(TEST_STAMP) $(COMPAT)
 
-$(STAMP): pyproject.toml
+$(BASE_STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,onnx,cli,audio,demo,bench]"
-	touch $(STAMP)
+	$(PIP) --upgrade pip
+	$(PIP) "$(TORCH_SPEC)"
+	touch $@
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+$(DEMO_STAMP): $(BASE_STAMP) pyproject.toml $(PINS)
+	$(PIP) -c $(PINS) -e ".[demo]"
+	touch $@
 
-test-thorough: $(STAMP)
-	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
+$(TEST_STAMP): $(BASE_STAMP) pyproject.toml $(PINS)
+	$(PIP) -c $(PINS) -e ".[dev,onnx,cli,audio,demo]"
+	touch $@
 
-lint: $(STAMP)
+$(BENCH_STAMP): $(BASE_STAMP) pyproject.toml $(PINS)
+	$(PIP) -c $(PINS) -e ".[cli,audio,bench]"
+	touch $@
+
+$(DOCS_STAMP): $(BASE_STAMP) pyproject.toml $(PINS)
+	$(PIP) -c $(PINS) -e ".[docs]"
+	touch $@
+
+$(COMPAT): $(BASE_STAMP)
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: torch-streamer==0.0.2 -d $(VENV)/compat
+
+# tests/test_compat_0_0_2.py reads the sdist (from any VENV)
+test: $(TEST_STAMP) $(COMPAT)
+	TORCHSTREAMER_COMPAT_SDIST=$(abspath $(COMPAT)) $(BIN)/python -m pytest -q
+
+test-thorough: $(TEST_STAMP) $(COMPAT)
+	TORCHSTREAMER_COMPAT_SDIST=$(abspath $(COMPAT)) HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
+
+# the test set-up: mypy reads the types of the extras the source imports
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy src
 
 check: lint test
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m torchstreamer.demo --picture demo.png
 
-bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[bench]"
+bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py
 
-docs: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[docs]"
+docs: $(DOCS_STAMP)
 	$(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis benchmarks/.legacy-venv

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,9 @@ def test_the_demo_verifies_the_filter_bank_and_draws_the_picture(tmp_path: Path)
     result = run_demo(seconds=0.5, block=160, picture=tmp_path / "demo.png", echo=False)
     assert result.exact
     assert result.latency_samples == 319  # the 320-sample energy window, 160-sample hop
-    assert result.receptive_field == 253 + 320 - 1  # the FIR (Hann: end taps 0), the window
+    # the 255-tap FIR, then the 320-sample window: read off the layers' windows, so the Hann
+    # window's zero end taps count
+    assert result.receptive_field == 255 + 320 - 1
     assert result.picture is not None
     assert result.picture.stat().st_size > 10_000
 
@@ -33,3 +36,27 @@ def test_the_demo_signal_is_deterministic() -> None:
     a, b = demo_signal(0.1), demo_signal(0.1)
     assert a.shape == (1, 1, 1600)
     assert bool((a == b).all())
+
+
+def test_the_picture_explains_streaming(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    figures: list[Any] = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", figures.append)
+    run_demo(seconds=0.3, block=160, picture=tmp_path / "demo.png", echo=False)
+    (figure,) = figures
+    panels = [axis for axis in figure.axes if axis.get_label() != "<colorbar>"]
+    for axis in panels:  # every panel says what its axes are, with units
+        assert axis.get_xlabel() in ("time (s)", "time (ms)")
+        assert axis.get_ylabel()
+    colorbars = [axis for axis in figure.axes if axis.get_label() == "<colorbar>"]
+    assert any(axis.get_ylabel() == "energy (dB)" for axis in colorbars)
+    zoom, timeline = panels[-2:]
+    texts = [t.get_text() for t in zoom.texts]
+    assert texts[:3] == ["block 1", "block 2", "block 3"]
+    boundaries = [line for line in zoom.lines if line.get_linestyle() == "--"]
+    assert [line.get_xdata()[0] for line in boundaries[:3]] == [0.0, 10.0, 20.0]  # ms
+    assert any(t.get_text() == "latency: 319 samples (19.9 ms)" for t in timeline.texts)
+    close(figure)

@@ -14,6 +14,7 @@ Example:
     True
 """
 
+from torchstreamer import _torch  # noqa: F401  (first: imports torch without its NumPy warning)
 from torchstreamer.base import BaseStream
 from torchstreamer.errors import NotStreamableError, StreamError, StreamInputError
 from torchstreamer.graph.stream import GraphStream, stream

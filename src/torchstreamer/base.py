@@ -59,6 +59,17 @@ class Stateful(nn.Module):
                 return
         super().__setattr__(name, value)
 
+    @torch.jit.unused
+    def _check_state(self, state: dict[str, Tensor]) -> None:
+        """Raise :class:`StreamError` unless ``state`` is one this module can be in.
+
+        ``state`` is this module's part of a state given to :meth:`BaseStream.set_state`, keyed
+        as this module's own ``get_state()`` would key it (descendants included). Names,
+        dtypes, numbers of dimensions and devices are already checked; modules override this
+        to check buffer shapes and counters. It runs before anything is written, so a refused
+        state leaves the stream as it was.
+        """
+
 
 class BaseStream(Stateful):
     """Base class of all streams: ``forward(x, final=False) -> Optional[Tensor]``.
@@ -129,8 +140,10 @@ class BaseStream(Stateful):
         """Restore a state from :meth:`get_state`, so the stream continues where it was.
 
         Raises:
-            StreamError: if names are missing or extra, or a tensor has another dtype, number
-                of dimensions, channel count or device than the stream's own state.
+            StreamError: if names are missing or extra, a tensor has another dtype, number
+                of dimensions, channel count or device than the stream's own state, or a
+                buffer's shape or a counter does not fit the stream (checked by each module's
+                ``_check_state``). Nothing is written then: the state stays as it was.
         """
         own = self.get_state()
         missing = sorted(set(own) - set(state))
@@ -139,8 +152,17 @@ class BaseStream(Stateful):
             raise StreamError(
                 f"The state does not fit this stream: missing {missing}, unexpected {extra}."
             )
+        ints = _int_names(self)
         for key, value in state.items():
             current = own[key]
+            if key in ints:
+                if value.dtype != torch.int64 or value.shape != current.shape:
+                    raise StreamError(
+                        f"State '{key}' is a counter and must be an int64 tensor shaped "
+                        f"{list(current.shape)} but is a {value.dtype} tensor shaped "
+                        f"{list(value.shape)}."
+                    )
+                continue
             # a buffer is 1-d and empty until its layer sees a signal, then [B, C, length]
             fresh = (current.dim() == 1 and current.numel() == 0) or (
                 value.dim() == 1 and value.numel() == 0
@@ -160,6 +182,12 @@ class BaseStream(Stateful):
                     f"State '{key}' is on {value.device} but the stream is on {current.device}."
                 )
         modules = dict(self.named_modules())
+        for path, module in modules.items():  # every check before anything is written
+            if isinstance(module, Stateful):
+                prefix = f"{path}." if path else ""
+                module._check_state(
+                    {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+                )
         for key, value in state.items():
             path, _, name = key.rpartition(".")
             module = modules[path]
@@ -167,6 +195,21 @@ class BaseStream(Stateful):
                 setattr(module, name, value.tolist())
             else:
                 setattr(module, name, value.detach().clone())
+
+
+def _int_names(stream: nn.Module) -> set[str]:
+    """Keys of the integer counters in ``stream.get_state()``."""
+    names: set[str] = set()
+    for path, module in stream.named_modules():
+        if isinstance(module, Stateful):
+            prefix = f"{path}." if path else ""
+            names.update(prefix + name for name in module._state_ints)
+    return names
+
+
+def state_int(state: dict[str, Tensor], name: str) -> int:
+    """The counter ``name`` of a state (a 0-d integer tensor) as a Python ``int``."""
+    return int(state[name].item())
 
 
 def _tensor_names(stream: nn.Module) -> set[str]:

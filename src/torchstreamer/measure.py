@@ -110,9 +110,9 @@ class StreamRunner(Runner):
 
 
 class StepRunner(Runner):
-    """A step model: one call per sample, whatever the block size."""
+    """A one-sample step model: one call per sample (timed at block 1 only)."""
 
-    name = "step"
+    name = "step_1"
 
     def __init__(self, step: StepModel, axis: int) -> None:
         super().__init__()
@@ -122,6 +122,8 @@ class StepRunner(Runner):
         self.step.reset()
 
     def run(self, x: Tensor, block: int) -> Tensor:
+        if block != 1:
+            raise ValueError("a one-sample step takes one sample per call: see block 1")
         step = self.step
         if self.calls is None:
             outputs = [step(x[..., t]) for t in range(x.shape[-1])]
@@ -179,22 +181,20 @@ def runners_for(
     if isinstance(model, nn.Sequential):
         with contextlib.suppress(NotStreamableError):
             runners.append(StreamRunner("module", create_stream(model, module_padding)))
-        with contextlib.suppress(NotStreamableError, RuntimeError):  # TorchScript may refuse
+        with contextlib.suppress(Exception):  # TorchScript may refuse, with many error types
             scripted = torch.jit.script(create_stream(copy.deepcopy(model), module_padding))
             runners.append(StreamRunner("script", scripted))  # the same, under TorchScript
     with contextlib.suppress(NotStreamableError):
         runners.append(StreamRunner("graph", stream(model, example)))
     if step:
-        try:
+        # the step model in frames (one sample for rate-1 models), fed blocks by StepStream
+        with contextlib.suppress(StreamError):
+            frames, _ = streaming_transform(model, example, -1, frame="auto")
+            runners.append(StreamRunner("step", StepStream(frames)))
+        with contextlib.suppress(StreamError):  # and the one-sample step itself
             step_model, axis = streaming_transform(model, example, -1)
             if isinstance(axis, int):
                 runners.append(StepRunner(step_model, axis))
-        except NotStreamableError:  # a model that changes the rate may still run in frames
-            with contextlib.suppress(StreamError):
-                frames, _ = streaming_transform(model, example, -1, frame="auto")
-                runners.append(StreamRunner("step", StepStream(frames)))
-        except StreamError:
-            pass
     runners += [OfflineRunner(model), ChunkRunner(model)]
     return runners
 
@@ -266,7 +266,7 @@ def time_runners(
         for runner in live:
             result = results[runner.name]
             result.us_per_sample = statistics.median(result.runs_us) / x.shape[-1]
-            if (block == 1 or runner.name == "step") and isinstance(
+            if (block == 1 or runner.name.startswith("step")) and isinstance(
                 runner, (StreamRunner, StepRunner)
             ):
                 runner.calls = []
@@ -309,8 +309,16 @@ def plot_costs(panels: dict[str, list[dict[str, Any]]], path: Any, ylabel: str) 
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed (pip install 'torch-streamer[bench]'): no plot"
-    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
     names = list(dict.fromkeys(r["runner"] for rows in panels.values() for r in rows))
+    # the legend goes below the panels, in as many columns as fit the figure's width
+    figure_width = 4.0 * len(panels)
+    entry_width = 0.7 + 0.075 * max([len(n) for n in names] or [1])  # inches at fontsize 8
+    columns = max(1, min(len(names), int((figure_width - 0.3) / entry_width)))
+    legend_rows = -(-len(names) // columns)
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(figure_width, 3.6 + 0.22 * legend_rows), squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
     for axis, (title, rows) in zip(axes[0], panels.items()):
         for name in names:
             mine = sorted(
@@ -327,8 +335,7 @@ def plot_costs(panels: dict[str, list[dict[str, Any]]], path: Any, ylabel: str) 
         axis.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel(ylabel)
     handles = [plt.Line2D([], [], color=f"C{i % 10}", marker="o") for i in range(len(names))]
-    figure.legend(handles, names, loc="upper center", ncol=len(names), fontsize=8)
-    figure.tight_layout(rect=(0, 0, 1, 0.9))
+    figure.legend(handles, names, loc="outside lower center", ncol=columns, fontsize=8)
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return None

@@ -19,6 +19,10 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+
 __all__ = [
     "avg_pool_divisor",
     "ceil_extra_padding",
@@ -28,7 +32,11 @@ __all__ = [
     "same_padding",
     "transposed_context",
     "transposed_output_length",
+    "transposed_reads",
+    "transposed_ready",
     "valid_output_length",
+    "window_reads",
+    "window_ready",
 ]
 
 
@@ -158,3 +166,73 @@ def residual_crop(trim: int) -> tuple[int, int]:
     if trim < 0:
         raise ValueError(f"the inner network lengthens the signal by {-trim} samples.")
     return trim // 2, trim - trim // 2
+
+
+# -- when outputs are ready, and what they read ------------------------------------------------
+# A stream returns an output as soon as it is complete. These functions say how many outputs the
+# first ``n`` input samples of a layer complete while the signal goes on, and which input samples
+# output ``j`` reads; the plan (:mod:`torchstreamer.plan`) composes them into a model's rate,
+# latency and receptive field. They take Python ints or int64 tensors (one count per element).
+
+
+def window_ready(n: Any, span: int, stride: int, left: int = 0, head: int = 0) -> Any:
+    """Outputs of a window layer (convolution, pool, padding) that ``n`` input samples complete.
+
+    The padded samples known are the ``left`` padding, once the first ``head`` samples that it
+    copies have arrived (``reflect`` copies ``left + 1``, ``replicate`` one, zeros none), and the
+    ``n`` samples; the right padding comes only when the signal ends.
+
+    >>> [window_ready(n, span=3, stride=2) for n in range(7)]
+    [0, 0, 0, 1, 1, 2, 2]
+    >>> [window_ready(n, span=5, stride=1, left=2, head=3) for n in range(6)]
+    [0, 0, 0, 1, 2, 3]
+    """
+    known = (n + left) * ((n >= head) * 1)
+    return _clamp((known - span) // stride + 1)
+
+
+def window_reads(j: Any, span: int, stride: int, left: int = 0) -> tuple[Any, Any]:
+    """First and last input sample that output ``j`` of a window layer reads (negative: the
+    left padding).
+
+    >>> window_reads(4, span=3, stride=2, left=1)
+    (7, 9)
+    """
+    start = j * stride - left
+    return start, start + span - 1
+
+
+def transposed_ready(n: Any, span: int, stride: int, crop: int = 0, extra: int = 0) -> Any:
+    """Outputs of a transposed convolution that ``n`` input samples complete.
+
+    Input ``i`` writes the uncropped outputs ``i*stride .. i*stride + span - 1``, so those before
+    ``n*stride`` are complete; of the outputs that the end of the signal would still add, only
+    those that exist whatever comes next count (``crop`` is the padding cut at each end,
+    ``extra`` the output padding).
+
+    >>> [transposed_ready(n, span=4, stride=2, crop=1) for n in range(5)]
+    [0, 1, 3, 5, 7]
+    """
+    end = _minimum(n * stride, (n - 1) * stride + span + extra - crop)
+    return _clamp(end - crop) * ((n > 0) * 1)
+
+
+def transposed_reads(j: Any, span: int, stride: int, crop: int = 0) -> tuple[Any, Any]:
+    """First and last input sample whose window reaches output ``j`` of a transposed convolution
+    (the first is past the last for outputs that no input reaches).
+
+    >>> transposed_reads(3, span=4, stride=2, crop=1)
+    (1, 2)
+    """
+    full = j + crop
+    return -((span - 1 - full) // stride), full // stride
+
+
+def _clamp(value: Any) -> Any:
+    return value.clamp(min=0) if isinstance(value, torch.Tensor) else max(value, 0)
+
+
+def _minimum(a: Any, b: Any) -> Any:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.minimum(torch.as_tensor(a), torch.as_tensor(b))
+    return min(a, b)

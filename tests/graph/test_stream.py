@@ -121,7 +121,8 @@ REFUSALS = [
         r"layer 'inner' \(MeanOverTime\), op aten\.mean\.dim.*test_stream\.py:\d+.*time axis",
     ),
     (Wrap(nn.Softmax(dim=-1)), r"layer 'inner' \(Softmax\), op aten\._?softmax"),
-    (Wrap(nn.GroupNorm(1, 2)), r"layer 'inner' \(GroupNorm\).*not one that graph streams support"),
+    (Wrap(nn.GroupNorm(1, 2)), r"layer 'inner' \(GroupNorm\).*normalises over time"),
+    (Wrap(nn.InstanceNorm1d(2)), r"layer 'inner' \(InstanceNorm1d\).*normalises over time"),
     (
         Wrap(nn.Conv1d(2, 2, 3, padding=1, padding_mode="circular")),
         r"layer 'inner' \(Conv1d\).*circular",

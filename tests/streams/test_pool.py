@@ -96,3 +96,16 @@ def test_max_pool_propagates_nan_like_offline() -> None:
     x[1, 7] = float("nan")
     y = run_stream(pts.Pool1dStream(pool, "model"), x, [3, 1, 0, 5])
     torch.testing.assert_close(y, pool(x), equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("pool", "name"),
+    [(nn.AvgPool1d(3, 2), "AvgPool1dStream"), (nn.MaxPool1d(3, 2), "MaxPool1dStream")],
+)
+def test_repr_names_the_pool_kind_as_torch_streamer_0_0_2(pool: nn.Module, name: str) -> None:
+    stream = pts.Pool1dStream(pool)  # type: ignore[arg-type]
+    assert repr(stream).startswith(f"{name}(")
+    assert type(stream) is pts.Pool1dStream  # the class is the same; only its repr names the kind
+    scripted = torch.jit.script(stream)
+    x = torch.randn(2, 11)
+    assert_matches(run_stream(scripted, x, [1, 4]), pool(x))

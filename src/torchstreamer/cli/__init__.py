@@ -6,8 +6,11 @@
     torchstreamer run MODEL IN OUT --block N   stream an audio file through the model
 
 MODEL is ``package.module:factory``, a file saved with ``torch.export.save``, or
-``--example NAME`` for a built-in example. Exit codes: 0 success, 1 the model cannot stream or
-does not match, 2 a bad command line or file.
+``--example NAME`` for a built-in example. Options go before or after MODEL, IN and OUT. Exit
+codes: 0 success, 1 the model cannot stream or does not match, 2 a bad command line or file.
+
+``package.module:factory`` imports and runs that code; a ``.pt2`` file that would run code
+when loaded (pickle, compiled code, eval) is refused unless ``--trust-file`` is given.
 
 Example:
     >>> from torchstreamer.cli import main
@@ -19,14 +22,24 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import time
 from pathlib import Path
 from typing import Optional
 
-from torchstreamer.cli.show import message
-from torchstreamer.cli.spec import USAGE, CliError, load_model
+from torchstreamer.cli.show import message, reporting, stage
+from torchstreamer.cli.spec import SAFETY, USAGE, CliError, LoadedModel, load_model
 from torchstreamer.errors import StreamError
 
 __all__ = ["main"]
+
+COMMANDS = {
+    "inspect": "per-layer rate, window, latency and state; can it stream?",
+    "verify": "stream random signals in random blocks and compare with offline",
+    "bench": "time every path at several block sizes",
+    "run": "stream an audio file (WAV/FLAC) through the model",
+}
 
 
 def _blocks(text: str) -> list[int]:
@@ -41,75 +54,153 @@ def _blocks(text: str) -> list[int]:
     return blocks
 
 
-def _parser() -> argparse.ArgumentParser:
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from error
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from error
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {text}")
+    return value
+
+
+def _epilog() -> str:
+    return f"{USAGE}. Options go before or after MODEL (and IN OUT). {SAFETY}."
+
+
+def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser, and one parser per command (parsed with intermixed options)."""
     parser = argparse.ArgumentParser(
         prog="torchstreamer", description="Exact streaming inference of PyTorch 1D models.",
-        epilog=USAGE + ".",
+        epilog=_epilog(),
     )  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, summary: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=summary, description=summary, epilog=USAGE + ".")
+    subs = {}
+    for name, summary in COMMANDS.items():
+        sub = commands.add_parser(name, help=summary, description=summary, epilog=_epilog())
         sub.add_argument(
             "model", nargs="?", metavar="MODEL", help="package.module:factory or a .pt2 file"
         )
         sub.add_argument("--example", metavar="NAME", help="a built-in example instead of MODEL")
         sub.add_argument(
             "--channels",
-            type=int,
-            default=1,
-            help="input channels when a factory returns no example (default 1)",
+            type=_positive,
+            help="input channels when a factory returns no example (default: the input "
+            "channels of the model's first convolution or linear layer, else 1)",
         )
-        return sub
-
-    inspect = command("inspect", "per-layer rate, window, latency and state; can it stream?")
-    inspect.add_argument("--sample-rate", type=int, help="Hz, to show times in milliseconds")
-    verify = command("verify", "stream random signals in random blocks and compare with offline")
-    verify.add_argument("--signals", type=int, default=5)
+        sub.add_argument(
+            "--trust-file",
+            action="store_true",
+            help="load a .pt2 file even if loading it runs code from it (pickle, compiled "
+            "code, eval); only for files you trust",
+        )
+        subs[name] = sub
+    inspect, verify, bench, run = (subs[name] for name in COMMANDS)
+    inspect.add_argument("--sample-rate", type=_positive, help="Hz, to show times in milliseconds")
+    verify.add_argument("--signals", type=_positive, default=5, help="how many (default 5)")
     verify.add_argument("--seed", type=int, default=0)
-    verify.add_argument("--tolerance", type=float, default=1e-5, help="relative (default 1e-5)")
-    bench = command("bench", "time every path at several block sizes")
+    verify.add_argument(
+        "--tolerance", type=_non_negative, default=1e-5, help="relative (default 1e-5)"
+    )
     bench.add_argument("--blocks", type=_blocks, default=[1, 16, 256, 4096])
-    bench.add_argument("--repeats", type=int, default=3)
-    bench.add_argument("--threads", type=int, default=1)
-    bench.add_argument("--length", type=int, default=4096, help="input samples per run")
+    bench.add_argument("--repeats", type=_positive, default=3)
+    bench.add_argument("--threads", type=_positive, default=1)
+    bench.add_argument("--length", type=_positive, default=4096, help="input samples per run")
     bench.add_argument("--json", type=Path, metavar="FILE")
-    bench.add_argument("--plot", type=Path, metavar="FILE.png")
-    run = command("run", "stream an audio file (WAV/FLAC) through the model")
+    bench.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="needs matplotlib (the bench extra)"
+    )
     run.add_argument("input", type=Path, metavar="IN")
     run.add_argument("output", type=Path, metavar="OUT")
-    run.add_argument("--block", type=int, default=512, help="frames per call (default 512)")
-    run.add_argument("--sample-rate", type=int, help="the rate the model expects, in Hz")
-    return parser
+    run.add_argument("--block", type=_positive, default=512, help="frames per call (default 512)")
+    run.add_argument("--sample-rate", type=_positive, help="the rate the model expects, in Hz")
+    return parser, subs
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Options anywhere after the command, before or after the positional arguments."""
+    parser, subs = _parsers()
+    index = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if index != 0 or argv[index] not in subs:
+        return parser.parse_args(argv)  # help, or a usage error: no command, or options before it
+    args = subs[argv[index]].parse_intermixed_args(argv[index + 1 :])
+    args.command = argv[index]
+    return args
+
+
+def _process_age() -> Optional[float]:
+    """Seconds since this process started (Linux), to time the whole command."""
+    try:
+        with open("/proc/self/stat") as stat:
+            started = int(stat.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as uptime:
+            now = float(uptime.read().split()[0])
+        return max(0.0, now - started / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the command line; returns the exit code."""
-    args = _parser().parse_args(argv)
+    began = time.perf_counter()
+    if argv is None:
+        if Path(sys.argv[0]).stem in ("torchstreamer", "__main__"):  # the command's process
+            began -= _process_age() or 0.0  # time it from the start of the process
+        argv = sys.argv[1:]
+    args = _parse(list(argv))
+    prefix = f"torchstreamer {args.command}"
     try:
         if args.command == "run" and args.model is None and args.example is None:
             raise CliError(f"No model given. {USAGE}.")
-        loaded = load_model(args.model, args.example, args.channels)
-        if args.command == "inspect":
-            from torchstreamer.cli.inspect import inspect_model
-
-            return inspect_model(loaded, args.sample_rate)
-        if args.command == "verify":
-            from torchstreamer.cli.verify import verify_model
-
-            return verify_model(loaded, args.signals, args.seed, args.tolerance)
-        if args.command == "bench":
-            from torchstreamer.cli.bench import bench_model
-
-            return bench_model(
-                loaded, args.blocks, args.repeats, args.threads, args.json, args.plot, args.length
-            )
-        from torchstreamer.cli.run import run_file
-
-        return run_file(loaded, args.input, args.output, args.block, args.sample_rate)
+        if args.command == "bench" and args.plot is not None:
+            _check_matplotlib()
+        with reporting(prefix):
+            with stage("loading the model"):
+                loaded = load_model(args.model, args.example, args.channels, 4096, args.trust_file)
+            return _dispatch(args, loaded, began)
     except CliError as error:
-        message(f"torchstreamer {args.command}: {error}", error=True)
+        message(f"{prefix}: {error}", error=True)
         return error.code
     except StreamError as error:  # cannot stream, or a check of the library failed
-        message(f"torchstreamer {args.command}: {error}", error=True)
+        message(f"{prefix}: {error}", error=True)
         return 1
+
+
+def _dispatch(args: argparse.Namespace, loaded: LoadedModel, began: float) -> int:
+    if args.command == "inspect":
+        from torchstreamer.cli.inspect import inspect_model
+
+        return inspect_model(loaded, args.sample_rate)
+    if args.command == "verify":
+        from torchstreamer.cli.verify import verify_model
+
+        return verify_model(loaded, args.signals, args.seed, args.tolerance)
+    if args.command == "bench":
+        from torchstreamer.cli.bench import bench_model
+
+        return bench_model(
+            loaded, args.blocks, args.repeats, args.threads, args.json, args.plot, args.length
+        )
+    from torchstreamer.cli.run import run_file
+
+    return run_file(loaded, args.input, args.output, args.block, args.sample_rate, began)
+
+
+def _check_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        raise CliError(
+            "--plot needs matplotlib, which is not installed: pip install "
+            "'torch-streamer[bench]' (or leave out --plot)."
+        ) from error

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from torchstreamer.cli.show import message, table
+from torchstreamer.cli.show import message, stage, table
 from torchstreamer.cli.spec import LoadedModel
 from torchstreamer.errors import NotStreamableError, StreamError
 from torchstreamer.graph.stream import GraphStream, stream
@@ -16,13 +16,19 @@ __all__ = ["inspect_model"]
 def inspect_model(loaded: LoadedModel, sample_rate: Optional[int] = None) -> int:
     """Print the per-layer table and the totals; exit code 1 when the model cannot stream."""
     try:
-        graph = stream(loaded.model, loaded.example)
+        with stage(f"tracing {loaded.name}"):
+            graph = stream(loaded.model, loaded.example)
     except NotStreamableError as error:
         message(f"{loaded.name} cannot stream.\n{error}", error=True)
         return 1
     rate_hz = sample_rate or loaded.sample_rate
-    rows = graph.layers()
-    contributions = _contributions(graph, rows)
+    with stage(f"measuring each layer of {loaded.name}"):
+        rows = graph.layers()
+        contributions = _contributions(graph, rows)
+    with stage(f"measuring the latency and receptive field of {loaded.name}"):
+        latency, receptive_field = graph.latency, graph.receptive_field
+    with stage(f"trying a step model of {loaded.name}"):
+        verdict = _step_verdict(loaded)
     table(
         f"{loaded.name}: streamed ops (input shape {list(loaded.example.shape)})",
         ["layer", "op", "length", "rate", "window", "receptive field", "latency", "+latency",
@@ -38,15 +44,17 @@ def inspect_model(loaded: LoadedModel, sample_rate: Optional[int] = None) -> int
         ],
     )  # fmt: skip
 
-    def at_rate(samples: int) -> str:
+    def at_rate(samples: Optional[int]) -> str:
+        if samples is None:
+            return "unbounded"
         return f"{samples} samples" + (f" ({1000 * samples / rate_hz:.2f} ms)" if rate_hz else "")
 
     state = sum(r["state_bytes"] for r in rows)
     message(f"rate: {graph.rate} output samples per input sample")
-    message(f"latency: {at_rate(graph.latency)}")
-    message(f"receptive field: {at_rate(graph.receptive_field)}")
+    message(f"latency: {at_rate(latency)}")
+    message(f"receptive field: {at_rate(receptive_field)}")
     message(f"state: {state} bytes for batch size {loaded.example.shape[0]}")
-    message(f"step model: {_step_verdict(loaded)}")
+    message(f"step model: {verdict}")
     return 0
 
 

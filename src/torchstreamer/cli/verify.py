@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from torchstreamer.cli.show import message, progress
+from torchstreamer.cli.show import message, progress, stage
 from torchstreamer.cli.spec import LoadedModel
 from torchstreamer.errors import NotStreamableError
 from torchstreamer.graph.analysis import describe, time_axis
@@ -24,7 +24,8 @@ def verify_model(
     """Exit code 0 when every streamed output equals the offline one (relative ``tolerance``),
     1 on a mismatch or when the model cannot stream."""
     try:
-        graph = stream(loaded.model, loaded.example)
+        with stage(f"tracing {loaded.name}"):
+            graph = stream(loaded.model, loaded.example)
     except NotStreamableError as error:
         message(f"{loaded.name} cannot stream.\n{error}", error=True)
         return 1
@@ -42,7 +43,8 @@ def verify_model(
         if gap is None or gap > tolerance:
             shown = "different shapes" if gap is None else f"max relative error {gap:.2e}"
             message(f"MISMATCH on signal {index} ({x.shape[-1]} samples, blocks {sizes}): {shown}.")
-            culprit = _first_divergence(graph, x, sizes, tolerance)
+            with stage("looking for the first layer that diverges"):
+                culprit = _first_divergence(graph, x, sizes, tolerance)
             if culprit:
                 message(f"first layer whose streamed output diverges: {culprit}")
             return 1

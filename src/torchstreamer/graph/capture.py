@@ -2,18 +2,31 @@
 
 The captured graph must keep the time length symbolic: a graph specialised to the example's
 length would compute something else for every other length, so it is refused.
+
+``torch.export`` keeps process-wide state while it traces (and so do the leaves swapped in for
+the capture), so captures run one at a time: streams may be built from several threads.
 """
 
 from __future__ import annotations
 
+import copy
+import threading
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
-from torch.export import Dim, ExportedProgram, export
 
 from torchstreamer.errors import NotStreamableError
 from torchstreamer.graph.leaves import leaves_swapped, registered_output_channels
 
+if TYPE_CHECKING:
+    from torch.export import ExportedProgram
+
 __all__ = ["capture", "time_symbol"]
+
+_ONE_AT_A_TIME = threading.RLock()
+# words of torch.export's errors when a model forces or constrains the dynamic length
+_LENGTH_WORDS = ("constraint", "specializ", "guard", "dynamic", "symbolic", "dim(", "sym")
 
 
 def time_symbol(value: object) -> bool:
@@ -32,8 +45,18 @@ def capture(
     modules come back with the program, by path.
 
     Raises:
-        NotStreamableError: the model cannot be captured, or only for the example's length.
+        NotStreamableError: the model raises on the example, cannot be captured, or only for the
+            example's length.
     """
+    with _ONE_AT_A_TIME:
+        return _capture(model, example, axis)
+
+
+def _capture(
+    model: nn.Module, example: torch.Tensor, axis: int
+) -> tuple[ExportedProgram, dict[str, nn.Module]]:
+    from torch.export import Dim, export  # imported on first use: it loads much of torch
+
     axis = axis % example.dim()
     minimum = max(16, example.shape[axis] // 4)
     errors = []
@@ -54,9 +77,32 @@ def capture(
         if time_symbol(placeholder.meta["val"].shape[axis]):
             return program, leaves
         errors.append("the captured graph only works for the example's length")
+    _check_runs(model, example)
+    name = type(model).__name__
+    if any(word in error.lower() for error in errors for word in _LENGTH_WORDS):
+        raise NotStreamableError(
+            f"torch.export could not capture {name} with a dynamic length on axis {axis} "
+            f"({'; '.join(errors)}). An op that needs the whole length (a Linear or a reshape "
+            "over time, an adaptive pool...) forces it; stream the parts of the model that act "
+            "along time, or an nn.Sequential with Sequential1dStream."
+        )
     raise NotStreamableError(
-        f"torch.export could not capture {type(model).__name__} with a dynamic length on axis "
-        f"{axis} ({'; '.join(errors)}). An op that needs the whole length (a Linear or a "
-        "reshape over time, an adaptive pool...) forces it; stream the parts of the model "
-        "that act along time, or an nn.Sequential with Sequential1dStream."
+        f"torch.export could not capture {name} ({'; '.join(errors)}). The model runs on the "
+        "example, so this is about tracing it, not about time: make its forward traceable by "
+        "torch.export (no Python side effects or unsupported calls), or stream its parts."
     )
+
+
+def _check_runs(model: nn.Module, example: torch.Tensor) -> None:
+    """Raise, naming the model's own error, if the model fails on the example offline (a copy
+    runs, so that a model in training mode keeps its statistics)."""
+    try:
+        with torch.no_grad():
+            copy.deepcopy(model)(example)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise NotStreamableError(
+            f"The model {type(model).__name__} raised {type(error).__name__}: {first} (run "
+            f"offline on the example input shaped {list(example.shape)}); fix the model or give "
+            "an example that it accepts."
+        ) from error

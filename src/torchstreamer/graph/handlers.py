@@ -9,7 +9,9 @@ the module streams.
 
 from __future__ import annotations
 
+import math
 import operator
+from fractions import Fraction
 from typing import Any, Callable, Optional
 
 import sympy
@@ -19,6 +21,14 @@ from torch import Tensor, fx, nn
 from torchstreamer.base import BaseStream, Stateful
 from torchstreamer.graph.analysis import refuse, same_lengths, time_axis, time_length
 from torchstreamer.graph.leaves import LEAF_OP
+from torchstreamer.plan.rules import (
+    PER_STEP,
+    TimeRule,
+    first_count,
+    same_step,
+    slowest,
+    stream_rule,
+)
 from torchstreamer.streams.conv import Conv1dStream, ConvTranspose1dStream
 from torchstreamer.streams.padding import Pad1dStream
 from torchstreamer.streams.pool import Pool1dStream
@@ -64,16 +74,51 @@ _OVER_DIM = {
 }  # fmt: skip
 
 
+_NORMALISE_PER_STEP = (
+    "normalise over channels per time step instead (e.g. LayerNorm over channels after a "
+    "transpose, or BatchNorm1d in eval mode), or register a streamer for the layer"
+)
+# ops known to mix every time step: refused with the true reason and what to do
+_TIME_MIXING: dict[Any, tuple[str, str]] = {
+    aten.group_norm.default: (
+        "it normalises over time (a group norm's statistics cover the whole signal)",
+        _NORMALISE_PER_STEP,
+    ),
+    aten.native_group_norm.default: (
+        "it normalises over time (a group norm's statistics cover the whole signal)",
+        _NORMALISE_PER_STEP,
+    ),
+    aten.instance_norm.default: (
+        "it normalises over time (an instance norm's statistics cover the whole signal)",
+        _NORMALISE_PER_STEP,
+    ),
+    aten.flip.default: ("it reverses time", "keep time in order"),
+    aten.adaptive_avg_pool1d.default: (
+        "it pools over a window that depends on the length of the whole signal",
+        "use avg_pool1d or max_pool1d with a fixed kernel",
+    ),
+    aten.adaptive_max_pool1d.default: (
+        "it pools over a window that depends on the length of the whole signal",
+        "use avg_pool1d or max_pool1d with a fixed kernel",
+    ),
+}
+
+
 class Handler(Stateful):
     """Streams one node: ``step(args, final)`` with blocks in place of its time inputs.
 
     State is registered buffers (empty while there is none) and integers, named in
     ``_state_tensors`` and ``_state_ints``, so that the graph stream's ``get_state()`` and
-    ``set_state()`` cover it.
+    ``set_state()`` cover it. :meth:`rule` says, for the plan, when ``step`` returns each output
+    and what it reads: it is the one description of the op's time behaviour.
     """
 
     def step(self, args: list[Any], final: bool) -> Any:
         raise NotImplementedError
+
+    def rule(self) -> TimeRule:
+        """The node's time rule (by default, one output per input sample, reading that sample)."""
+        return PER_STEP
 
     def reset(self) -> None:
         """Drop the signal in progress."""
@@ -115,6 +160,12 @@ class Aligned(Handler):
     def reset(self) -> None:
         for name in self._state_tensors:
             setattr(self, name, torch.zeros(0))
+
+    def rule(self) -> TimeRule:
+        """Output ``j`` combines sample ``j`` of every input: it comes with the slowest one."""
+        if len(self.positions) == 1:
+            return PER_STEP
+        return TimeRule(Fraction(1), slowest, same_step)
 
     def step(self, args: list[Any], final: bool) -> Any:
         if len(self.positions) == 1:
@@ -165,6 +216,15 @@ class TimeSlice(Handler):
     def reset(self) -> None:
         self._skip, self._held = self.start, torch.zeros(0)
 
+    def rule(self) -> TimeRule:
+        start, right = self.start, self.right
+
+        def ready(counts: list[Any]) -> Any:
+            kept = counts[0] - start - right
+            return kept.clamp(min=0) if isinstance(kept, Tensor) else max(kept, 0)
+
+        return TimeRule(Fraction(1), ready, lambda j: (j + start, j + start))
+
     def step(self, args: list[Any], final: bool) -> Any:
         block = args[0]
         if self._skip > 0:
@@ -199,6 +259,9 @@ class ModuleStreamHandler(Handler):
 
     def reset(self) -> None:
         self.stream.reset()
+
+    def rule(self) -> TimeRule:
+        return stream_rule(self.stream)
 
     def step(self, args: list[Any], final: bool) -> Any:
         holder = self.holder.__dict__  # plain attributes (see _plain): no nn.Module bookkeeping
@@ -388,6 +451,9 @@ class RecurrentHandler(Handler):
     def reset(self) -> None:
         self._h, self._c = torch.zeros(0), torch.zeros(0)
 
+    def rule(self) -> TimeRule:
+        return TimeRule(Fraction(1), first_count, None)  # the hidden state remembers it all
+
     def step(self, args: list[Any], final: bool) -> Any:
         block = args[0]
         if block.shape[self.axis] == 0:
@@ -417,6 +483,9 @@ class ListHandler(Handler):
 
     def reset(self) -> None:
         self.inner.reset()
+
+    def rule(self) -> TimeRule:
+        return self.inner.rule()
 
     def step(self, args: list[Any], final: bool) -> Any:
         return [self.inner.step(args[:1], final)]
@@ -456,6 +525,9 @@ class RunningSum(Handler):
     def reset(self) -> None:
         self._carry = torch.zeros(0)
 
+    def rule(self) -> TimeRule:
+        return TimeRule(Fraction(1), first_count, None)  # each sum covers every earlier sample
+
     def step(self, args: list[Any], final: bool) -> Any:
         out = torch.cumsum(args[0], self.axis)
         if self._carry.dim() > 1:
@@ -474,24 +546,36 @@ class NearestUpsample(Handler):
         super().__init__()
         self.factor, self.axis = factor, axis
 
+    def rule(self) -> TimeRule:
+        factor = self.factor
+        return TimeRule(
+            Fraction(factor),
+            lambda counts: counts[0] * factor,
+            lambda j: (j // factor, j // factor),
+        )
+
     def step(self, args: list[Any], final: bool) -> Any:
         return torch.repeat_interleave(args[0], self.factor, dim=self.axis)
 
 
 class Reshape(Handler):
-    """``reshape``/``view`` that splits or merges dims other than time: applied to each block
-    with the block's own time length (and batch size)."""
+    """``reshape``/``view`` that splits or merges dims other than time (the batch dim too, as
+    asteroid's decoder turns ``[1, 2, 8, T]`` into ``[2, 8, T]``): applied to each block with the
+    block's own time length, and with a first dim that takes what the block's batch size
+    gives."""
 
-    def __init__(self, shape: list[int], axis: int) -> None:
+    def __init__(self, shape: list[int], axis: int, axis_in: int) -> None:
         super().__init__()
-        self.shape, self.axis = shape, axis
+        self.shape, self.axis, self.axis_in = shape, axis, axis_in
+        self._rest = math.prod(size for i, size in enumerate(shape) if i not in (0, axis))
 
     def step(self, args: list[Any], final: bool) -> Any:
         block = args[0]
         shape = list(self.shape)
-        shape[self.axis] = -1 if block.numel() > 0 else 0
-        if self.axis != 0:
-            shape[0] = block.shape[0]  # any batch size, as for every other op
+        shape[self.axis] = block.shape[self.axis_in]
+        if self.axis != 0:  # any batch size, as for every other op
+            others = math.prod(size for i, size in enumerate(block.shape) if i != self.axis_in)
+            shape[0] = others // self._rest
         return block.reshape(shape)
 
 
@@ -513,14 +597,14 @@ def _reshape_handler(node: fx.Node, axis_in: int) -> Handler:
         and product(before[:axis_in]) == product(after[:axis_out])
         and product(before[axis_in + 1 :]) == product(after[axis_out + 1 :])
         and (axis_in == 0) == (axis_out == 0)
-        and (axis_in == 0 or before[0] == after[0])
     )
     if not keeps_time:
         raise refuse(
             node, "it mixes the time axis with other axes", "reshape only the dims other than time"
         )
     assert axis_out is not None
-    return Reshape([int(s) if i != axis_out else -1 for i, s in enumerate(after)], axis_out)
+    shape = [int(s) if i != axis_out else -1 for i, s in enumerate(after)]
+    return Reshape(shape, axis_out, axis_in)
 
 
 class LinearUpsample(Handler):
@@ -543,6 +627,23 @@ class LinearUpsample(Handler):
 
     def reset(self) -> None:
         self._last, self._seen, self._emitted = torch.zeros(0), 0, 0
+
+    def rule(self) -> TimeRule:
+        """Output ``j`` reads inputs ``low`` and ``low + 1`` with ``low = floor((2j + 1 - s) /
+        2s)`` (at least 0), so it comes once input ``low + 1`` has: the first ``s*(n-1) +
+        s//2`` outputs of ``n >= 2`` inputs."""
+        factor = self.factor
+
+        def ready(counts: list[Any]) -> Any:
+            n = counts[0]
+            return (factor * (n - 1) + factor // 2) * ((n >= 2) * 1)
+
+        def reads(j: Any) -> tuple[Any, Any]:
+            low = (2 * j + 1 - factor) // (2 * factor)
+            low = low.clamp(min=0) if isinstance(low, Tensor) else max(low, 0)
+            return low, low + 1
+
+        return TimeRule(Fraction(factor), ready, reads)
 
     def _sources(self, start: int, end: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """Source index and weight of outputs ``start..end-1``, rounded as PyTorch rounds them
@@ -675,6 +776,10 @@ def build_handler(node: fx.Node, leaves: Optional[dict[str, nn.Module]] = None) 
         a = list(node.args)
         if int(a[1]) % a[0].meta["val"].dim() == axis_in:
             return RunningSum(axis_in)
+    if target is aten.cat.default and axis_in >= 0:
+        joined = _time_concatenation(node, axis_in)
+        if joined is not None:
+            return joined
     if target is aten.slice.Tensor and axis_in >= 0:
         dim = int(node.args[1]) if len(node.args) > 1 else 0  # type: ignore[arg-type]
         if dim % node.args[0].meta["val"].dim() == axis_in:  # type: ignore[union-attr]
@@ -682,7 +787,11 @@ def build_handler(node: fx.Node, leaves: Optional[dict[str, nn.Module]] = None) 
     if target in _OVER_DIM:
         _check_dim_argument(node, axis_in)
     elif target not in _ELEMENTWISE:
-        raise refuse(node, "the op is not one that graph streams support yet")
+        reason, remedy = _TIME_MIXING.get(target, ("", ""))
+        if reason:
+            raise refuse(node, reason, remedy)
+        if not _per_step_reduction(node, axis_in, rank):
+            raise refuse(node, "the op is not one that graph streams support yet")
     timed = [n for n in inputs if time_axis(n) is not None]
     lengths = {str(time_length(n)) for n in timed}
     if not same_lengths(timed):
@@ -692,6 +801,28 @@ def build_handler(node: fx.Node, leaves: Optional[dict[str, nn.Module]] = None) 
             "cannot be aligned step by step",
         )
     return _aligned(node)
+
+
+def _per_step_reduction(node: fx.Node, axis_in: int, rank: int) -> bool:
+    """Whether ``node`` is a reduction (as PyTorch tags it: ``var``, ``std``, ``mean``...) over
+    dims other than time, which acts on each time step alone; refuse one over time."""
+    target = node.target
+    if not isinstance(target, torch._ops.OpOverload) or torch.Tag.reduction not in target.tags:
+        return False
+    dims: Any = None
+    for index, argument in enumerate(target._schema.arguments):
+        if argument.name == "dim":
+            dims = node.args[index] if index < len(node.args) else node.kwargs.get("dim")
+    if isinstance(dims, int):
+        dims = [dims]
+    if not dims or any(int(d) % max(rank, 1) == axis_in for d in dims):
+        raise refuse(
+            node,
+            "it reduces over the time axis (or over every axis), so its outputs depend on the "
+            "whole signal",
+            "reduce over the channel axes only (a dim that is not time)",
+        )
+    return True
 
 
 def _aligned(node: fx.Node) -> Aligned:
@@ -705,6 +836,63 @@ def _aligned(node: fx.Node) -> Aligned:
         return target(*args, **kwargs)  # type: ignore[operator]
 
     return Aligned(op, *_flat_positions(node))
+
+
+class Concatenation(Handler):
+    """``torch.cat([before, x, after], time)`` with one streamed input ``x`` and values that do
+    not run along time around it: padding with given values (Mimi's causal convolutions keep a
+    zeros prefix this way). ``before`` comes with the first block, ``after`` when the signal
+    ends."""
+
+    _state_ints = ("_started",)
+
+    def __init__(self, axis: int, index: int, before: int) -> None:
+        super().__init__()
+        self.axis, self.index, self.before = axis, index, before
+        self._started = 0
+
+    def reset(self) -> None:
+        self._started = 0
+
+    def rule(self) -> TimeRule:
+        before = self.before
+        return TimeRule(
+            Fraction(1), lambda counts: counts[0] + before, lambda j: (j - before, j - before)
+        )
+
+    def step(self, args: list[Any], final: bool) -> Any:
+        parts, axis = list(args[0]), self.axis
+        block = parts[self.index]
+        head = parts[: self.index] if not self._started else []
+        tail = parts[self.index + 1 :] if final else []
+        self._started = 0 if final else 1
+        if not head and not tail:
+            return block
+        return torch.cat([*head, block, *tail], axis)
+
+
+def _time_concatenation(node: fx.Node, axis: int) -> Optional[Handler]:
+    """A :class:`Concatenation` for a ``cat`` along time with one streamed input; ``None`` when
+    the ``cat`` is over another dim; refused when it joins several streamed values in time."""
+    parts: Any = node.args[0]
+    dim = int(node.args[1]) if len(node.args) > 1 else 0  # type: ignore[arg-type]
+    rank = parts[0].meta["val"].dim()
+    if dim % rank != axis:
+        return None
+    streamed = [
+        i for i, p in enumerate(parts) if isinstance(p, fx.Node) and time_axis(p) is not None
+    ]
+    if len(streamed) != 1:
+        raise refuse(
+            node,
+            "it joins values one after the other along time, so the later one starts only "
+            "when the earlier one ends",
+            "join streams over channels (dim 1), or pad with values that do not depend on the "
+            "signal",
+        )
+    index = streamed[0]
+    before = sum(int(p.meta["val"].shape[dim]) for p in parts[:index])
+    return Concatenation(axis, index, before)
 
 
 def _time_slice(node: fx.Node, axis: int) -> Handler:

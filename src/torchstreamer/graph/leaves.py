@@ -50,7 +50,13 @@ class Leaf(nn.Module):
         self.key = key
         self.structure = structure  # "tensor", "rnn" (output, h) or "lstm" (output, (h, c))
 
-    def forward(self, x: Tensor) -> Any:
+    def forward(self, x: Tensor, *initial: Any) -> Any:
+        if any(state is not None for state in initial):
+            raise NotStreamableError(
+                f"Cannot stream layer '{self.key}' ({type(self).__name__}): the model passes it "
+                "an initial state, which streams do not carry in from outside the signal; call "
+                "it without one (or with None), so that it starts from zeros."
+            )
         parts = torch.ops.torchstreamer.leaf(x, self.key)
         if self.structure == "tensor":
             return parts[0]

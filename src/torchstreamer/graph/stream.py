@@ -8,7 +8,6 @@ norm, constants) are recomputed from the model's current parameters on every cal
 from __future__ import annotations
 
 import copy
-import math
 from fractions import Fraction
 from typing import Any, Callable, Optional, Union
 
@@ -29,6 +28,7 @@ from torchstreamer.graph.handlers import (
     build_handler,
 )
 from torchstreamer.graph.leaves import LEAF_OP
+from torchstreamer.plan.timing import Schedule, Timing, graph_timing
 
 __all__ = ["GraphStream", "stream"]
 
@@ -36,13 +36,16 @@ __all__ = ["GraphStream", "stream"]
 class GraphStream(BaseStream):
     """Streams a captured model: blocks in, the completed outputs out (see :func:`stream`)."""
 
-    _state_ints = ("_batch",)
+    _state_tensors = ("_pending",)
+    _state_ints = ("_batch", "_filled", "_seen")
+    _pending: Tensor
 
     def __init__(self, model: nn.Module, example: Tensor, axis: int = -1) -> None:
         super().__init__()
         self.model = model
         self._axis = axis % example.dim()
         self._example_shape = list(example.shape)
+        self._example_dtype = example.dtype
         program, leaves = capture(model, example, self._axis)
         self._leaves = leaves
         self._graph = program.graph
@@ -59,9 +62,14 @@ class GraphStream(BaseStream):
         )
         self._label = f"stream of {type(model).__name__}"
         self._batch = -1
-        self._latency: Optional[int] = None
-        self._receptive_field: Optional[int] = None
-        self._probe_result: Optional[tuple[dict[str, list[int]], dict[str, int]]] = None
+        # samples that wait for a call that returns something (see plan.Schedule)
+        self.register_buffer("_pending", torch.zeros(0), persistent=False)
+        self._filled = 0
+        self._seen = 0
+        self._schedule: Optional[Schedule] = None
+        self._gated = True  # tests turn the schedule off to compare with every call running
+        self._timing: Optional[Timing] = None
+        self._sizes: Optional[dict[str, int]] = None
         # when a dict, forward() puts every streamed node's block in it (verify, inspect)
         self._record: Optional[dict[str, Any]] = None
         handlers: dict[str, Handler] = {}
@@ -85,7 +93,11 @@ class GraphStream(BaseStream):
                         node, "it uses the length of the signal, which is unknown while streaming"
                     )
             elif time_axis(node) is not None:
-                raise refuse(node, "its time axis does not come from the input")
+                raise refuse(
+                    node,
+                    "it makes a tensor as long as the signal from the signal's length, which is "
+                    "unknown while streaming (its time axis does not come from the input)",
+                )
         self.handlers = nn.ModuleDict(handlers)
         self._nodes = {node.name: node for node in self._graph.nodes}
         outputs = next(n for n in self._graph.nodes if n.op == "output").args[0]
@@ -94,6 +106,7 @@ class GraphStream(BaseStream):
             if not isinstance(output, fx.Node) or output.name not in self._timed:
                 raise refuse(output, "the model returns a value that does not follow the time axis")
         self._output_axis = time_axis(self._outputs[0])
+        self._output_axes = [time_axis(o) for o in self._outputs]
         # generated on first use: the call, and the same call recording every streamed block
         self._runs: dict[bool, Callable[..., list[Any]]] = {}
 
@@ -109,21 +122,80 @@ class GraphStream(BaseStream):
     def forward(  # type: ignore[override]  # several outputs come as a tuple
         self, x: Tensor, final: bool = False
     ) -> Optional[Union[Tensor, tuple[Tensor, ...]]]:
+        """Stream one block; return the outputs it completes (a tuple for several outputs), or
+        ``None`` when it completes none. ``final=True`` ends the signal."""
         self._check_block(x)
+        length = x.shape[self._axis]
+        if not final and self._record is None and self._gated:
+            if self._schedule is None:
+                self._schedule = Schedule(self.timing, [o.name for o in self._outputs])
+            if self._seen + length < self._schedule.next_return(self._seen):
+                self._keep(x)  # no output can come yet: run nothing, keep the samples
+                return None
+        if self._filled:
+            x = torch.cat([self._pending.narrow(self._axis, 0, self._filled), x], self._axis)
+            self._filled = 0
+        results = self._run_block(x, final)
+        self._seen = 0 if final else self._seen + length
+        if all(y.shape[a] == 0 for y, a in zip(results, self._output_axes)):
+            return None
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def _keep(self, x: Tensor) -> None:
+        """Add ``x`` to the samples that wait for the next call that returns something."""
+        length = x.shape[self._axis]
+        shape = list(x.shape)
+        shape[self._axis] = self._schedule.longest_wait if self._schedule else length
+        pending = self._pending
+        if self._filled == 0 and (
+            list(pending.shape) != shape or pending.dtype != x.dtype or pending.device != x.device
+        ):
+            pending = self._pending = x.new_zeros(shape)  # a new signal: size it once
+        pending.narrow(self._axis, self._filled, length).copy_(x.detach())
+        self._filled += length
+        self._seen += length
+        self._batch = int(x.shape[0])
+
+    def _run_block(self, x: Tensor, final: bool) -> list[Any]:
+        """Run every layer on ``x`` (the generated call; see :meth:`_generate`)."""
         recording = self._record is not None
         if recording not in self._runs:
             self._runs[recording] = self._generate(recording)
         results = self._runs[recording](self, x, final)
         self._batch = -1 if final else int(x.shape[0])
-        if len(results) == 1:
-            y = results[0]
-            return None if y.shape[self._output_axis] == 0 else y
-        return tuple(results)
+        return results
+
+    # the captured graph carries fake tensors, which neither copy nor pickle: a copy shares it
+    # (it never changes once built), and a pickle holds the model and captures it again on load
+    _SHARED = ("_graph", "_nodes", "_input", "_outputs", "_timing", "_sizes", "_schedule")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GraphStream:
+        twin = type(self).__new__(type(self))
+        memo[id(self)] = twin
+        for key, value in self.__dict__.items():
+            if key == "_runs":
+                twin.__dict__[key] = {}  # generated on first use, for the twin's own values
+            elif key in self._SHARED:
+                twin.__dict__[key] = value
+            else:
+                twin.__dict__[key] = copy.deepcopy(value, memo)
+        return twin
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_runs"] = {}  # generated code does not pickle; it is made again on demand
-        return state
+        return {
+            "model": self.model,
+            "example": (self._example_shape, self._example_dtype),
+            "axis": self._axis,
+            "state": self.get_state(),
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        shape, dtype = state["example"]
+        reference = next(iter(state["model"].parameters()), None)
+        device = reference.device if reference is not None else None
+        example = torch.zeros(shape, dtype=dtype, device=device)
+        type(self).__init__(self, state["model"], example, state["axis"])
+        self.set_state(state["state"])
 
     def _generate(self, recording: bool = False) -> Callable[..., list[Any]]:
         """The same call as straight-line Python: parameters read from their owner modules'
@@ -196,82 +268,63 @@ class GraphStream(BaseStream):
         return env
 
     @property
+    def timing(self) -> Timing:
+        """The plan's time figures of every streamed node (computed once, without streaming)."""
+        if self._timing is None:
+            self._timing = graph_timing(self)
+        return self._timing
+
+    @property
     def rate(self) -> Fraction:
         """Output samples per input sample (of the first output), e.g. ``Fraction(2)`` for a
-        2x upsampler."""
+        2x upsampler: the product of the rates of the layers on the way."""
         return self._rate_of(self._outputs[0])
 
     def _rate_of(self, node: fx.Node) -> Fraction:
-        expression = time_length(node)
-        symbol = next(iter(time_length(self._input).free_symbols))
-        low, high = 720720 * 1000, 720720 * 2000  # multiples of every small stride product
-        delta = int(expression.subs(symbol, high)) - int(expression.subs(symbol, low))
-        return Fraction(delta, high - low)
+        return self.timing.rates[node.name]
 
     @property
     def latency(self) -> int:
         """Input samples of lookahead: how many samples past the one an output sits at (output
         ``j`` sits at input ``j / rate``) the stream needs before it returns that output.
 
-        Measured once by streaming a signal sample by sample through a copy of the stream.
+        Read off the layers' time rules (:mod:`torchstreamer.plan`), exactly, for every output.
         """
-        if self._latency is None:
-            self._latency = self._measure_latency()
-        return self._latency
+        return self._node_latency(self._outputs[0])
+
+    def _node_latency(self, node: fx.Node) -> int:
+        return self.timing.latency(node.name)
 
     @property
-    def receptive_field(self) -> int:
-        """Input samples that one output depends on (from the gradient of an output in the
-        middle of a random signal, over several signals)."""
-        if self._receptive_field is None:
-            self._receptive_field = self._measure_receptive_field()
-        return self._receptive_field
+    def receptive_field(self) -> Optional[int]:
+        """Input samples that one output depends on, from the first to the last (the widest
+        over the outputs' phases); ``None`` when it is unbounded (after a recurrent layer or a
+        running sum over time). Read off the layers' windows, exactly."""
+        return self.timing.receptive_field(self._outputs[0].name)
 
     def _probe_signal(self) -> Tensor:
         shape = list(self._example_shape)
         shape[self._axis] *= 4
         reference = next(iter(self.model.parameters()), None)
         dtype = reference.dtype if reference is not None else torch.float32
-        return torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+        return x if reference is None else x.to(reference.device)
 
-    def _measure_latency(self) -> int:
-        return self._node_latency(self._outputs[0])
-
-    def _node_latency(self, node: fx.Node) -> int:
-        """Input samples of lookahead at ``node``: the most samples past an output's own position
-        (``j / rate``) that arrived before the stream returned that output."""
-        arrivals, _ = self._probe()
-        rate = self._rate_of(node)
-        worst = 0
-        for j, arrived in enumerate(arrivals.get(node.name, [])):
-            worst = max(worst, arrived - 1 - math.floor(j / rate))
-        return worst
-
-    def _probe(self) -> tuple[dict[str, list[int]], dict[str, int]]:
-        """Stream the probe signal sample by sample through a copy of the handlers (sharing the
-        model's modules): per streamed node, the sample count at which each of its outputs came
-        out, and the bytes of state each handler holds at the end."""
-        if self._probe_result is not None:
-            return self._probe_result
+    def _state_sizes(self) -> dict[str, int]:
+        """Bytes of state each handler holds while a signal streams: one block of the probe
+        signal through a copy of the handlers (sharing the model's modules)."""
+        if self._sizes is not None:
+            return self._sizes
         shared = {
             id(t): t
             for t in [*self.model.modules(), *self.model.parameters(), *self.model.buffers()]
         }
         original, batch = self.handlers, self._batch
         self.handlers = copy.deepcopy(original, shared)
-        arrivals: dict[str, list[int]] = {name: [] for name in self.handlers}
         try:
             self.reset()
-            x = self._probe_signal()
             with torch.no_grad():
-                for n in range(1, x.shape[self._axis] + 1):
-                    self._record = {}
-                    self(x.narrow(self._axis, n - 1, 1))
-                    for name, block in self._record.items():
-                        node = self._nodes[name]
-                        axis = time_axis(node)
-                        if axis is not None and isinstance(block, Tensor):
-                            arrivals[name].extend([n] * block.shape[axis])
+                self._run_block(self._probe_signal(), False)
             sizes = {}
             for name, handler in self.handlers.items():
                 sizes[name] = sum(
@@ -281,43 +334,9 @@ class GraphStream(BaseStream):
                     for t in m._state_tensors
                 )
         finally:
-            self._record = None
             self.handlers, self._batch = original, batch
-        self._probe_result = (arrivals, sizes)
-        return self._probe_result
-
-    def _node_receptive_fields(self) -> dict[str, int]:
-        """Input samples that the middle output of every time node depends on (gradients of
-        that output; the union over four random signals, as a ReLU may hide part of it)."""
-        shape = list(self._example_shape)
-        shape[self._axis] = min(4 * shape[self._axis], 2048)
-        reference = next(iter(self.model.parameters()), None)
-        dtype = reference.dtype if reference is not None else torch.float32
-        spans: dict[str, tuple[int, int]] = {}
-        for seed in range(4):
-            generator = torch.Generator().manual_seed(seed)
-            x = torch.randn(shape, generator=generator, dtype=dtype)
-            if reference is not None:
-                x = x.to(reference.device)
-            x.requires_grad_(True)
-            with torch.enable_grad():
-                values = self.offline_values(x)
-                for node in self._graph.nodes:
-                    value = values.get(node.name)
-                    axis = time_axis(node) if node.name in self.handlers else None
-                    if axis is None or not isinstance(value, Tensor) or not value.requires_grad:
-                        continue
-                    if value.shape[axis] == 0:
-                        continue
-                    middle = value.narrow(axis, value.shape[axis] // 2, 1).sum()
-                    (grad,) = torch.autograd.grad(middle, x, retain_graph=True, allow_unused=True)
-                    if grad is None:
-                        continue
-                    where = torch.nonzero(_over_time(grad, self._axis)).flatten()
-                    if len(where) > 0:
-                        low, high = spans.get(node.name, (int(where.min()), int(where.max())))
-                        spans[node.name] = (min(low, int(where.min())), max(high, int(where.max())))
-        return {name: high - low + 1 for name, (low, high) in spans.items()}
+        self._sizes = sizes
+        return sizes
 
     def layers(self) -> list[dict[str, Any]]:
         """One row per streamed node that runs along time: ``node``, ``op``, ``layer`` (its path
@@ -326,16 +345,11 @@ class GraphStream(BaseStream):
         recurrent layers, whose memory is unbounded), ``receptive_field`` (input samples that one
         of its outputs depends on; ``None`` after a recurrent layer), ``latency`` (lookahead
         accumulated up to this node, in input samples) and ``state_bytes``."""
-        _, sizes = self._probe()
-        fields = self._node_receptive_fields()
+        sizes = self._state_sizes()
+        timing = self.timing
         symbol = next(iter(time_length(self._input).free_symbols))
         rows = []
-        unbounded: set[str] = set()  # nodes that a recurrent layer feeds: they remember it all
         for node in self._graph.nodes:
-            if node.name in self.handlers and any(
-                n.name in unbounded for n in node.all_input_nodes
-            ):
-                unbounded.add(node.name)
             if node.name not in self.handlers or time_axis(node) is None:
                 continue
             handler = self.handlers[node.name]
@@ -349,10 +363,6 @@ class GraphStream(BaseStream):
             stack = node.meta.get("nn_module_stack") or {}
             window: Optional[int] = 1
             inner = getattr(handler, "inner", handler)
-            if isinstance(inner, RecurrentHandler) or any(
-                n.name in unbounded for n in node.all_input_nodes
-            ):
-                unbounded.add(node.name)
             if isinstance(inner, RecurrentHandler):
                 window = None
             elif isinstance(inner, ModuleStreamHandler):
@@ -363,32 +373,14 @@ class GraphStream(BaseStream):
                     "op": op,
                     "layer": str(list(stack.values())[-1][0]) if stack else "",
                     "length": str(time_length(node)).replace(str(symbol), "T"),
-                    "rate": self._rate_of(node),
+                    "rate": timing.rates[node.name],
                     "window": window,
-                    "receptive_field": None if node.name in unbounded else fields.get(node.name, 0),
-                    "latency": self._node_latency(node),
+                    "receptive_field": timing.receptive_field(node.name),
+                    "latency": timing.latency(node.name),
                     "state_bytes": state,
                 }
             )
         return rows
-
-    def _measure_receptive_field(self) -> int:
-        x = self._probe_signal()
-        axis = time_axis(self._outputs[0])
-        low, high = x.shape[self._axis], -1
-        for seed in range(16):  # several signals: a ReLU may block the gradient of one
-            probe = x.clone() if seed == 0 else torch.randn_like(x)
-            probe.requires_grad_(True)
-            y = self.model(probe)
-            y = y[0] if isinstance(y, tuple) else y
-            middle = y.shape[axis] // 2
-            y.narrow(axis, middle, 1).sum().backward()
-            assert probe.grad is not None
-            touched = _over_time(probe.grad, self._axis)
-            where = torch.nonzero(touched).flatten()
-            if len(where) > 0:
-                low, high = min(low, int(where.min())), max(high, int(where.max()))
-        return max(0, high - low + 1)
 
     def summary(self) -> str:
         """A table of the streamed nodes: op, layer, and the length of its output in terms of
@@ -445,14 +437,10 @@ class GraphStream(BaseStream):
     def reset(self) -> None:
         """Drop the signal in progress."""
         self._batch = -1
+        self._filled = 0
+        self._seen = 0
         for handler in self.handlers.values():
             handler.reset()  # type: ignore[operator]
-
-
-def _over_time(grad: Tensor, axis: int) -> Tensor:
-    """``|grad|`` summed over every axis but time (a 1-D signal is its own sum)."""
-    dims = [d for d in range(grad.dim()) if d != axis]
-    return grad.abs().sum(dim=dims) if dims else grad.abs()
 
 
 def _run_leaf(module: nn.Module, x: Tensor) -> list[Tensor]:

@@ -52,7 +52,10 @@ class StepStream(BaseStream):
             raise NotStreamableError(
                 f"The frames of {step.frame} samples of this step model hold outputs back by up "
                 f"to {step.held_back} samples: a stream must return each output with the block "
-                "that completes it. Transform with frame='auto' (or use torchstreamer.stream)."
+                "that completes it. Transform with frame='auto' if the frame is larger than it "
+                "needs to be; if it is already the smallest, change the left padding so that "
+                "each window ends on a frame's last sample, or use torchstreamer.stream(model, "
+                "example), which returns each output as soon as it is complete."
             )
         if not step.drops_partial_frames:
             raise NotStreamableError(
@@ -182,7 +185,18 @@ class StepStream(BaseStream):
                 f"State '_pending' must be {own_pending.dtype} shaped "
                 f"{list(own_pending.shape)} but is {pending.dtype} shaped {list(pending.shape)}."
             )
-        filled = int(state["_filled"])
+        counter = state["_filled"]
+        if (
+            counter.dim() != 0
+            or counter.dtype.is_floating_point
+            or counter.dtype in (torch.bool, torch.complex64, torch.complex128)
+        ):
+            raise StreamError(
+                "State '_filled' must be a 0-d integer tensor (the number of samples waiting "
+                f"for their frame) but is a {counter.dtype} tensor shaped {list(counter.shape)}; "
+                "restore a state that get_state() returned for this stream's model."
+            )
+        filled = int(counter.item())
         if not 0 <= filled < self._frame:
             raise StreamError(f"State '_filled' must be in [0, {self._frame}) but is {filled}.")
         self.step.restore({k[len("step.") :]: v for k, v in state.items() if k.startswith("step.")})

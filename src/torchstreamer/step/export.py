@@ -27,6 +27,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
+from torchstreamer.errors import StreamError
 from torchstreamer.step.transform import StepModel
 
 __all__ = ["export_onnx", "export_step", "onnx_names", "read_onnx_state"]
@@ -99,12 +100,14 @@ def export_onnx(step: StepModel, path: Union[str, Path], opset: int = 18) -> Pat
     Returns:
         The path written.
     """
-    try:
+    try:  # both up front: torch.onnx's exporter imports onnxscript only half way through
         import onnx
-    except ImportError as error:  # pragma: no cover - the extra is installed in CI
+        import onnxscript  # noqa: F401
+    except ImportError as error:
         raise ImportError(
-            "export_onnx needs the onnx extra: pip install 'torch-streamer[onnx]' (onnx, "
-            "onnxscript; onnxruntime to run the file)."
+            f"export_onnx needs the onnx extra, but {error.name or 'a package of it'} is not "
+            "installed: pip install 'torch-streamer[onnx]' (onnx, onnxscript; onnxruntime to "
+            "run the file)."
         ) from error
     path = Path(path)
     inputs, outputs = onnx_names(step)
@@ -164,7 +167,13 @@ def read_onnx_state(path: Union[str, Path]) -> dict[str, Any]:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    entry = next(p.value for p in model.metadata_props if p.key == METADATA_KEY)
+    entry = next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
+    if entry is None:
+        raise StreamError(
+            f"{path} has no '{METADATA_KEY}' metadata entry: it was not written by "
+            "torchstreamer.export_onnx, or a tool dropped its metadata; export the step model "
+            "again."
+        )
     metadata: dict[str, Any] = json.loads(entry)
     for state in metadata["states"]:
         data = base64.b64decode(state["initial_base64"])

@@ -34,6 +34,7 @@ from torch import Tensor, fx, nn
 from torchstreamer.graph.analysis import refuse, time_axis, time_length
 from torchstreamer.graph.handlers import (
     Aligned,
+    Concatenation,
     ListHandler,
     ModuleStreamHandler,
     NearestUpsample,
@@ -95,13 +96,14 @@ class _FrameBuilder(_Builder):
     def held_back(self) -> int:
         """The most input samples by which a frame holds an output back: an output sample that
         the block-by-block stream returns before the frame that completes it ends."""
-        arrivals, _ = self.source._probe()
         held = 0
         for output in self.source._outputs:
             count = self.per_frame(output)
-            for j, arrival in enumerate(arrivals.get(output.name, [])):
-                end = self.frame * (j // count + 1) if count else arrival
-                held = max(held, end - arrival)
+            if not count:
+                continue
+            arrivals = self.source.timing.arrivals(output.name)
+            ends = self.frame * (torch.arange(arrivals.numel()) // count + 1)
+            held = max(held, int((ends - arrivals).max()) if arrivals.numel() else 0)
         return held
 
     def drops_partial_frames(self) -> bool:
@@ -183,14 +185,18 @@ class _FrameBuilder(_Builder):
             self.recurrent(node, handler.rnn, offset)
         elif isinstance(handler, ModuleStreamHandler):
             self.module_window(node, handler.holder, offset)
+        elif isinstance(handler, Concatenation):  # values before the signal, as padding
+            self.prehistory(node, offset + handler.before)
+            self.env[node.name] = self.env[source.name]
+            self.offset[node.name] = offset + handler.before
         elif isinstance(handler, TimeSlice):
             self.env[node.name] = self.env[source.name]
             self.offset[node.name] = offset - handler.start
         elif isinstance(handler, RunningSum):
             self.running_sum(node, source, offset)
         elif isinstance(handler, Reshape):
-            shape = [int(s) for s in node.meta["val"].shape]
-            shape[handler.axis] = -1
+            sizes = node.meta["val"].shape  # (int() of the time length would fix it)
+            shape = [-1 if i == handler.axis else int(size) for i, size in enumerate(sizes)]
             self.env[node.name] = self.method("reshape", self.env[source.name], shape)
         elif isinstance(handler, NearestUpsample):
             self.env[node.name] = self.call(

@@ -35,6 +35,7 @@ from torchstreamer.graph.handlers import (
     _ELEMENTWISE,
     _OVER_DIM,
     Aligned,
+    Concatenation,
     ListHandler,
     ModuleStreamHandler,
     RecurrentHandler,
@@ -308,14 +309,19 @@ class _Builder:
             self.recurrent(node, handler.rnn, offset)
         elif isinstance(handler, ModuleStreamHandler):
             self.module_window(node, handler.holder, offset)
+        elif isinstance(handler, Concatenation):  # values before the signal, as padding
+            self.prehistory(node, offset + handler.before)
+            self.env[node.name] = self.env[timed[0].name]
+            self.offset[node.name] = offset + handler.before
         elif isinstance(handler, TimeSlice):
             self.env[node.name] = self.env[timed[0].name]
             self.offset[node.name] = offset - handler.start
         elif isinstance(handler, RunningSum):
             self.running_sum(node, timed[0], offset)
         elif isinstance(handler, Reshape):
-            shape = [int(s) for s in node.meta["val"].shape]
-            del shape[handler.axis]
+            # (int() of the symbolic time length would fix it to the example's)
+            sizes = node.meta["val"].shape
+            shape = [int(size) for i, size in enumerate(sizes) if i != handler.axis]
             self.env[node.name] = self.method("reshape", self.env[timed[0].name], shape)
         elif isinstance(handler, Aligned):
             self.per_step(node)

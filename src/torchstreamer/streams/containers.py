@@ -5,11 +5,11 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from torchstreamer.base import BaseStream, check_block
-from torchstreamer.errors import NotStreamableError, StreamInputError
+from torchstreamer.base import BaseStream, check_block, state_int
+from torchstreamer.errors import NotStreamableError, StreamError, StreamInputError
 from torchstreamer.streams.conv import check_padding_choice
 from torchstreamer.streams.elementwise import Elementwise1dStream, elementwise_verdict
-from torchstreamer.streams.leaf import fit_buffer, layer_label
+from torchstreamer.streams.leaf import check_signal_state, fit_buffer, layer_label
 from torchstreamer.time import residual_crop
 
 __all__ = ["Residual1d", "Residual1dStream", "Sequential1dStream"]
@@ -132,7 +132,10 @@ class Sequential1dStream(BaseStream):
         True
     """
 
-    _state_ints = ("_rank", "_batch", "_seen", "_stage_channels")
+    _state_tensors = ("_pending",)
+    _state_ints = ("_rank", "_batch", "_seen", "_stage_channels", "_waiting")
+    _pending: Tensor
+    _gate_next: list[int]
 
     def __init__(
         self,
@@ -167,9 +170,14 @@ class Sequential1dStream(BaseStream):
         )
         self._rank = 0
         self._batch = -1
-        self._seen = 0
+        self._seen = 0  # samples that the stages have taken
         # input channels of each stage in this signal; -1 while the stage has had no block
         self._stage_channels = [-1] * len(streams)
+        # a call that completes no output only keeps its samples (in _pending, _waiting of
+        # them), from the layers' time rules: when the next output comes (plan.Schedule)
+        self._gate_next, self._gate_settled, self._gate_period, self._gate_wait = _gate(self)
+        self.register_buffer("_pending", torch.zeros(0), persistent=False)
+        self._waiting = 0
 
     def forward(self, x: Tensor, final: bool = False) -> Optional[Tensor]:
         check_block(self._label, x, self._in_channels, self._reference(), self._rank, self._batch)
@@ -178,8 +186,20 @@ class Sequential1dStream(BaseStream):
                 f"{self._label} contains a softmax over dim=1, which is time for an unbatched "
                 "[C, T] block; stream [B, C, T] blocks or use dim=-2."
             )
+        total = self._seen + self._waiting
         if final and not torch.jit.is_scripting():
-            self._check_end(self._seen + x.shape[-1])
+            self._check_end(total + x.shape[-1])
+        if self._gate_period > 0 and self._rank == 0:  # a new signal: size the kept samples
+            xb = x if x.dim() == 3 else x.unsqueeze(0)
+            self._pending = fit_buffer(self._pending, xb, xb.shape[1], self._gate_wait)
+        gated = not final and self._gate_period > 0
+        if gated and total + x.shape[-1] < self._next_return(total):
+            self._keep(x)
+            return None
+        if self._waiting > 0:
+            held = self._pending[:, :, : self._waiting]
+            x = torch.cat([held if x.dim() == 3 else held.squeeze(0), x], -1)
+            self._waiting = 0
         y: Optional[Tensor] = x
         # TorchScript unrolls this loop, so it cannot `break`: stages after one that gave
         # nothing are skipped, except that final=True still flushes those that saw blocks
@@ -187,6 +207,8 @@ class Sequential1dStream(BaseStream):
             if y is not None:
                 self._stage_channels[i] = y.shape[-2]
                 y = stream(y, final)
+                if y is not None and y.shape[-1] == 0:  # (a registered stream may return one)
+                    y = None
             elif final and self._stage_channels[i] >= 0:
                 channels = self._stage_channels[i]
                 empty = (
@@ -195,6 +217,8 @@ class Sequential1dStream(BaseStream):
                     else x.new_zeros(channels, 0)
                 )
                 y = stream(empty, final)
+                if y is not None and y.shape[-1] == 0:
+                    y = None
             elif final:  # this stage saw no block in this signal: nothing to flush
                 stream.reset()  # type: ignore[operator]
         if final:
@@ -203,7 +227,130 @@ class Sequential1dStream(BaseStream):
             self._rank = x.dim()
             self._batch = x.shape[0] if x.dim() == 3 else -1
             self._seen += x.shape[-1]
+        if y is not None and y.shape[-1] == 0:  # no stages: the block itself
+            return None
         return y
+
+    def _next_return(self, seen: int) -> int:
+        """The number of input samples at which the next output comes, once ``seen`` have."""
+        if seen < len(self._gate_next):
+            return self._gate_next[seen]
+        periods = (seen - self._gate_settled) // self._gate_period
+        return self._gate_next[seen - periods * self._gate_period] + periods * self._gate_period
+
+    def _keep(self, x: Tensor) -> None:
+        """Keep a block that completes no output for the next call that does."""
+        xb = x if x.dim() == 3 else x.unsqueeze(0)
+        if self._waiting == 0:
+            self._pending = fit_buffer(self._pending, xb, xb.shape[1], self._gate_wait)
+        length = xb.shape[-1]
+        self._pending[:, :, self._waiting : self._waiting + length].copy_(xb.detach())
+        self._waiting += length
+        self._rank = x.dim()
+        self._batch = x.shape[0] if x.dim() == 3 else -1
+
+    @torch.jit.unused
+    def _check_state(self, state: dict[str, Tensor]) -> None:
+        """The signal counters, and every stage's position in the signal against them."""
+        self._check_waiting(state)
+        rank, batch, seen = (state_int(state, n) for n in ("_rank", "_batch", "_seen"))
+        stages = state["_stage_channels"].tolist()
+
+        def refuse(found: str) -> StreamError:
+            return StreamError(
+                f"The state does not fit {self._label}: {found}; restore a state that "
+                "get_state() returned for a stream of the same model."
+            )
+
+        if rank not in (0, 2, 3):
+            raise refuse(
+                f"'_rank' is {rank} but must be 0 (no signal), 2 or 3 (the dims of blocks)"
+            )
+        if rank == 0 and (batch != -1 or seen != 0 or any(c != -1 for c in stages)):
+            raise refuse(
+                f"no signal is in progress ('_rank' is 0) but '_batch' is {batch}, '_seen' is "
+                f"{seen} and '_stage_channels' is {stages} instead of -1, 0 and all -1"
+            )
+        if rank == 2 and batch != -1:
+            raise refuse(f"'_batch' is {batch} but a signal of [C, T] blocks has batch -1")
+        if rank == 3 and batch < 0:
+            raise refuse(f"'_batch' is {batch} but a batch size is at least 0")
+        if seen < 0:
+            raise refuse(f"'_seen' is {seen} but a number of samples is at least 0")
+        if rank != 0 and stages and stages[0] < 0 and seen > 0:
+            raise refuse(f"'_stage_channels' is {stages} but the first stage has had blocks")
+        if rank != 0 and stages and stages[0] >= 0 and 0 <= self._in_channels != stages[0]:
+            raise refuse(
+                f"'_stage_channels' is {stages} but the input has {self._in_channels} channels"
+            )
+        for i, channels in enumerate(stages):
+            if channels < -1 or (i > 0 and stages[i - 1] < 0 <= channels):
+                raise refuse(
+                    f"'_stage_channels' is {stages} but a stage has had blocks only if the one "
+                    "before it had (and -1 marks one that had none)"
+                )
+            child_rank = state.get(f"streams.{i}._rank")
+            if child_rank is not None:
+                wanted = rank if channels >= 0 else 0
+                if int(child_rank.item()) != wanted:
+                    raise refuse(
+                        f"'streams.{i}._rank' is {int(child_rank.item())} but must be {wanted} "
+                        f"(the stage has {'had' if channels >= 0 else 'had no'} blocks of "
+                        "this signal)"
+                    )
+            child_batch = state.get(f"streams.{i}._batch")
+            if (
+                child_batch is not None
+                and channels >= 0
+                and rank == 3
+                and int(child_batch.item()) != batch
+            ):
+                raise refuse(
+                    f"'streams.{i}._batch' is {int(child_batch.item())} but the signal has "
+                    f"batch {batch}"
+                )
+            child_channels = state.get(f"streams.{i}._channels")
+            if (
+                child_channels is not None
+                and channels >= 0
+                and int(child_channels.item()) != channels
+            ):
+                raise refuse(
+                    f"'streams.{i}._channels' is {int(child_channels.item())} but "
+                    f"'_stage_channels' gives that stage {channels} channels"
+                )
+        first_seen = state.get("streams.0._seen")
+        if first_seen is not None and int(first_seen.item()) != seen:
+            raise refuse(
+                f"'_seen' is {seen} but its first stage has seen {int(first_seen.item())} samples"
+            )
+
+    @torch.jit.unused
+    def _check_waiting(self, state: dict[str, Tensor]) -> None:
+        """The samples kept for the next call that returns something: at most the longest
+        wait, with the signal's batch and channels."""
+        waiting, rank = state_int(state, "_waiting"), state_int(state, "_rank")
+        pending = state["_pending"]
+        found = ""
+        if not 0 <= waiting <= self._gate_wait:
+            found = f"'_waiting' is {waiting} but is between 0 and {self._gate_wait}"
+        elif waiting and rank == 0:
+            found = f"'_waiting' is {waiting} but no signal is in progress"
+        elif waiting and (pending.dim() != 3 or pending.shape[-1] != self._gate_wait):
+            found = (
+                f"'_pending' has shape {list(pending.shape)} but holds [B, C, {self._gate_wait}]"
+            )
+        elif waiting and rank == 3 and pending.shape[0] != state_int(state, "_batch"):
+            found = f"'_pending' has batch {pending.shape[0]} but the signal another"
+        elif waiting and rank == 2 and pending.shape[0] != 1:
+            found = f"'_pending' has batch {pending.shape[0]} but a [C, T] signal has 1"
+        elif waiting and 0 <= self._in_channels != pending.shape[1]:
+            found = f"'_pending' has {pending.shape[1]} channels but the input {self._in_channels}"
+        if found:
+            raise StreamError(
+                f"The state does not fit {self._label}: {found}; restore a state that "
+                "get_state() returned for a stream of the same model."
+            )
 
     @torch.jit.export
     def reset(self) -> None:
@@ -211,6 +358,7 @@ class Sequential1dStream(BaseStream):
         self._rank = 0
         self._batch = -1
         self._seen = 0
+        self._waiting = 0
         for i, stream in enumerate(self.streams):
             stream.reset()  # type: ignore[operator]
             self._stage_channels[i] = -1
@@ -238,6 +386,23 @@ class Sequential1dStream(BaseStream):
         for stream in self.streams:
             n = stream.output_length(n)  # type: ignore[operator]
         return n
+
+
+def _gate(stream: Sequential1dStream) -> tuple[list[int], int, int, int]:
+    """The schedule of a sequential stream's outputs as plain numbers (TorchScript reads them):
+    the next return for each number of samples seen in the table, where the table repeats
+    from, its period, and the most samples that wait. All 0 when a layer's rule is unknown (a
+    registered stream without ``output_length``): every call then runs the layers."""
+    from torchstreamer.plan.rules import stream_rule
+    from torchstreamer.plan.timing import Schedule, chain_timing
+
+    if len(stream.streams) == 0:
+        return [], 0, 0, 0
+    try:
+        schedule = Schedule(chain_timing([stream_rule(s) for s in stream.streams]))
+    except (NotImplementedError, ValueError):
+        return [], 0, 0, 0
+    return schedule.table, schedule.settled, schedule.period, schedule.longest_wait
 
 
 class Residual1dStream(BaseStream):
@@ -333,7 +498,7 @@ class Residual1dStream(BaseStream):
             self._drop -= dropped
         skip = xb if self._fill == 0 else torch.cat([self._skip[:, :, : self._fill], xb], -1)
         out: Optional[Tensor] = None
-        if y is not None:
+        if y is not None and y.shape[-1] > 0:
             yb = y if batched else y.unsqueeze(0)
             used = yb.shape[-1]
             out = yb + skip[:, :, :used]
@@ -352,6 +517,39 @@ class Residual1dStream(BaseStream):
             self._skip = torch.cat([self._skip, torch.zeros_like(skip).detach()], -1)
         self._skip[:, :, : skip.shape[-1]].copy_(skip.detach())
         self._fill = skip.shape[-1]
+
+    @torch.jit.unused
+    def _check_state(self, state: dict[str, Tensor]) -> None:
+        """The signal counters, the shape of the kept inputs and the inner stream's signal."""
+        check_signal_state(self._label, state, self._in_channels, {"_skip": -1})
+        rank, batch = state_int(state, "_rank"), state_int(state, "_batch")
+        fill, drop = state_int(state, "_fill"), state_int(state, "_drop")
+        kept = state["_skip"].shape[-1] if state["_skip"].dim() == 3 else 0
+
+        def refuse(found: str) -> StreamError:
+            return StreamError(
+                f"The state does not fit {self._label}: {found}; restore a state that "
+                "get_state() returned for a stream of the same model."
+            )
+
+        if rank == 0 and (fill != 0 or drop != self._crop_left):
+            raise refuse(
+                f"no signal is in progress ('_rank' is 0) but '_fill' is {fill} and '_drop' is "
+                f"{drop} instead of 0 and {self._crop_left}"
+            )
+        if not 0 <= drop <= self._crop_left:
+            raise refuse(f"'_drop' is {drop} but must be between 0 and {self._crop_left}")
+        if not 0 <= fill <= kept or (drop > 0 and fill > 0):
+            raise refuse(
+                f"'_fill' is {fill} but must be between 0 and {kept} (the length of '_skip'), "
+                "and 0 while inputs are still dropped"
+            )
+        inner_rank = state.get("stream._rank")
+        if inner_rank is not None and int(inner_rank.item()) != rank:
+            raise refuse(f"'stream._rank' is {int(inner_rank.item())} but '_rank' is {rank}")
+        inner_batch = state.get("stream._batch")
+        if inner_batch is not None and rank == 3 and int(inner_batch.item()) != batch:
+            raise refuse(f"'stream._batch' is {int(inner_batch.item())} but '_batch' is {batch}")
 
     @torch.jit.export
     def reset(self) -> None:

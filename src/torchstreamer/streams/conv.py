@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchstreamer.errors import NotStreamableError
+from torchstreamer.base import state_int
+from torchstreamer.errors import NotStreamableError, StreamError
 from torchstreamer.streams.leaf import (
     LeafStream,
     fit_buffer,
@@ -222,6 +223,27 @@ class ConvTranspose1dStream(LeafStream):
 
     def _allocate(self, x: Tensor) -> None:
         self._context = fit_buffer(self._context, x, x.shape[1], self._context_cap)
+
+    @torch.jit.unused
+    def _buffer_lengths(self) -> dict[str, int]:
+        return {"_context": self._context_cap}
+
+    @torch.jit.unused
+    def _expected_counters(self, state: dict[str, Tensor]) -> dict[str, int]:
+        """Every counter follows from the number of samples seen: the stream keeps the last
+        inputs and returns each output as soon as no later input can reach it."""
+        seen = state_int(state, "_seen")
+        if state_int(state, "_rank") == 0:
+            return {"_fill": 0, "_seen": 0, "_emitted": 0}
+        if seen < 0:
+            raise StreamError(
+                f"The state does not fit {self._label}: '_seen' is {seen} but a number of "
+                "samples is at least 0; restore a state that get_state() returned for a stream "
+                "of the same model."
+            )
+        end = min(seen * self._stride, self._full_end(seen)) if seen > 0 else 0
+        emitted = end if end > self._crop else 0
+        return {"_fill": min(self._context_cap, seen), "_seen": seen, "_emitted": emitted}
 
     def _reset_state(self) -> None:
         self._fill = 0

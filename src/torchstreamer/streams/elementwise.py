@@ -165,6 +165,8 @@ class Elementwise1dStream(BaseStream):
                 f"{self._label} acts over dim=1, which is time for an unbatched [C, T] block; "
                 "stream [B, C, T] blocks or build the module with dim=-2."
             )
+        if x.shape[-1] == 0:  # a call without outputs returns None, never an empty tensor
+            return None
         if x.dim() == 3:
             return self.module(x)
         return self.module(x.unsqueeze(0)).squeeze(0)

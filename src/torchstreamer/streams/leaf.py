@@ -12,9 +12,10 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from torchstreamer.base import BaseStream, check_block
+from torchstreamer.base import BaseStream, check_block, state_int
+from torchstreamer.errors import StreamError
 
-__all__ = ["LeafStream", "layer_label", "materialize"]
+__all__ = ["LeafStream", "check_counters", "check_signal_state", "layer_label", "materialize"]
 
 _WEIGHT_HOOKS = ("WeightNorm", "SpectralNorm")
 
@@ -95,6 +96,8 @@ class LeafStream(BaseStream):
             self.reset()
         if y is None:
             return None
+        if y.shape[-1] == 0:  # a call without outputs returns None, never an empty tensor
+            return None
         return y if batched else y.squeeze(0)
 
     @torch.jit.export
@@ -104,6 +107,39 @@ class LeafStream(BaseStream):
         self._batch = -1
         self._channels = -1
         self._reset_state()
+
+    @torch.jit.unused
+    def _check_state(self, state: dict[str, Tensor]) -> None:
+        """Check the signal counters and that every buffer has the shape this stream gives it
+        (``[batch, channels, length]`` mid-signal), then the subclass's counters."""
+        check_signal_state(self._label, state, self._in_channels, self._buffer_lengths())
+        names = list(self._buffer_lengths())
+        reference = self._reference()
+        if reference is not None and any(reference is b for b in self._buffers.values()):
+            reference = None  # the state itself, not a parameter
+        if reference is None and names:
+            reference = state[names[0]]
+        if state_int(state, "_rank") != 0 and reference is not None:
+            for name in names:
+                value = state[name]
+                if value.dtype != reference.dtype or value.device != reference.device:
+                    raise StreamError(
+                        f"The state does not fit {self._label}: '{name}' is {value.dtype} on "
+                        f"{value.device} but the stream computes in {reference.dtype} on "
+                        f"{reference.device}; restore a state that get_state() returned for a "
+                        "stream of the same model."
+                    )
+        check_counters(self._label, state, self._expected_counters(state))
+
+    @torch.jit.unused
+    def _buffer_lengths(self) -> dict[str, int]:
+        """Length (dim 2) of each state buffer, as ``_allocate`` sizes it."""
+        return {}
+
+    @torch.jit.unused
+    def _expected_counters(self, state: dict[str, Tensor]) -> dict[str, int]:
+        """The subclass's counters that ``state``'s signal position implies (empty: none)."""
+        return {}
 
     def _check_final(self, x: Tensor, final: bool) -> None:
         """Raise before any state changes if this block cannot end the signal."""
@@ -135,3 +171,76 @@ def fit_buffer(buffer: Tensor, like: Tensor, channels: int, length: int) -> Tens
     ):
         return buffer
     return torch.zeros(batch, channels, length, dtype=like.dtype, device=like.device)
+
+
+def check_signal_state(
+    label: str, state: dict[str, Tensor], in_channels: int, lengths: dict[str, int]
+) -> None:
+    """Raise :class:`StreamError` unless the counters ``_rank``, ``_batch`` and ``_channels``
+    of ``state`` are consistent and each buffer named in ``lengths`` has the shape the stream
+    allocates: ``[_batch, _channels, length]`` mid-signal, and between signals either none
+    (an empty 1-d tensor) or ``[any batch, channels, length]``.
+
+    ``in_channels`` is -1 when the stream takes any number of channels. A length of -1 means
+    any length (a buffer that grows).
+    """
+    rank, batch, channels = (state_int(state, n) for n in ("_rank", "_batch", "_channels"))
+
+    def refuse(found: str) -> StreamError:
+        return StreamError(
+            f"The state does not fit {label}: {found}; restore a state that get_state() "
+            "returned for a stream of the same model."
+        )
+
+    if rank not in (0, 2, 3):
+        raise refuse(f"'_rank' is {rank} but must be 0 (no signal), 2 or 3 (the dims of blocks)")
+    if rank == 0 and (batch != -1 or channels != -1):
+        raise refuse(
+            f"no signal is in progress ('_rank' is 0) but '_batch' is {batch} and '_channels' "
+            f"is {channels} instead of -1"
+        )
+    if rank == 2 and batch != 1:
+        raise refuse(f"'_batch' is {batch} but a signal of [C, T] blocks has batch 1")
+    if rank == 3 and batch < 0:
+        raise refuse(f"'_batch' is {batch} but a batch size is at least 0")
+    if rank != 0 and (channels < 0 or 0 <= in_channels != channels):
+        wanted = f"{in_channels}" if in_channels >= 0 else "at least 0"
+        raise refuse(f"'_channels' is {channels} but must be {wanted}")
+    for name, length in lengths.items():
+        shape = list(state[name].shape)
+        if rank != 0:
+            if len(shape) != 3 or shape[:2] != [batch, channels] or length not in (-1, shape[2]):
+                wanted = f"[{batch}, {channels}, {'L' if length < 0 else length}]"
+                raise refuse(
+                    f"'{name}' is shaped {shape} but a signal with batch {batch} and "
+                    f"{channels} channels keeps it shaped {wanted}"
+                )
+        elif shape != [0] and (
+            len(shape) != 3
+            or length not in (-1, shape[2])
+            or (in_channels >= 0 and shape[1] != in_channels)
+        ):
+            channels_text = str(in_channels) if in_channels >= 0 else "C"
+            wanted = f"[0] or [B, {channels_text}, {'L' if length < 0 else length}]"
+            raise refuse(f"'{name}' is shaped {shape} but must be shaped {wanted}")
+
+
+def check_counters(label: str, state: dict[str, Tensor], expected: dict[str, int]) -> None:
+    """Raise :class:`StreamError` unless each counter of ``state`` equals its ``expected`` value
+    (what the stream's position in the signal implies)."""
+    for name, value in expected.items():
+        found = state_int(state, name)
+        if found != value:
+            raise StreamError(
+                f"The state does not fit {label}: '{name}' is {found} but a stream at this point "
+                f"of a signal ({_position(state)}) has {value}; restore a state that get_state() "
+                "returned for a stream of the same model."
+            )
+
+
+def _position(state: dict[str, Tensor]) -> str:
+    if state_int(state, "_rank") == 0:
+        return "no signal in progress"
+    if "_seen" in state:
+        return f"{state_int(state, '_seen')} samples seen"
+    return "mid-signal"

@@ -35,6 +35,9 @@ class Pool1dStream(WindowStream):
         Blocks ``[C, T]`` or ``[B, C, T]`` with any ``C``; the output length is PyTorch's
         (:func:`torchstreamer.time.pool_output_length`).
 
+    Its repr names the pool kind (``AvgPool1dStream(...)`` or ``MaxPool1dStream(...)``), as
+    torch-streamer 0.0.2's did.
+
     Example:
         >>> import torch
         >>> import torchstreamer as pts
@@ -77,6 +80,10 @@ class Pool1dStream(WindowStream):
         self._pad = pad
         self._ceil = bool(pool.ceil_mode) and padding == "model"
         self._include_pad = bool(getattr(pool, "count_include_pad", True))
+
+    def _get_name(self) -> str:
+        # the repr names the pool kind, as torch-streamer 0.0.2 did: AvgPool1dStream(...)
+        return "MaxPool1dStream" if self._is_max else "AvgPool1dStream"
 
     def extra_repr(self) -> str:
         return f"padding={self.padding!r}"

@@ -18,7 +18,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from torchstreamer.errors import StreamInputError
+from torchstreamer.base import state_int
+from torchstreamer.errors import StreamError, StreamInputError
 from torchstreamer.streams.leaf import LeafStream, fit_buffer
 from torchstreamer.time import valid_output_length
 
@@ -100,6 +101,43 @@ class WindowStream(LeafStream):
         if self._rank != 0:
             return self._pending
         return None
+
+    # -- state checks (set_state) ---------------------------------------------------------
+
+    @torch.jit.unused
+    def _buffer_lengths(self) -> dict[str, int]:
+        return {"_pending": self._span - 1, "_head": self._head_cap, "_tail": self._tail_cap}
+
+    @torch.jit.unused
+    def _expected_counters(self, state: dict[str, Tensor]) -> dict[str, int]:
+        """Every counter follows from the number of samples seen: the stream computes each
+        window as soon as its samples are there."""
+        seen = state_int(state, "_seen")
+        counters = {
+            "_fill": 0, "_skip": 0, "_head_fill": 0, "_tail_fill": 0, "_started": 0, "_seen": 0,
+            "_emitted": 0,
+        }  # fmt: skip
+        if state_int(state, "_rank") == 0:
+            return counters  # the values reset() sets
+        if seen < 0:
+            raise StreamError(
+                f"The state does not fit {self._label}: '_seen' is {seen} but a number of "
+                "samples is at least 0; restore a state that get_state() returned for a stream "
+                "of the same model."
+            )
+        counters["_seen"] = seen
+        counters["_tail_fill"] = min(self._tail_cap, seen)
+        if self._head_cap > 0 and seen < self._head_cap:  # the left padding is not built yet
+            counters["_head_fill"] = seen
+            return counters
+        padded = self._left + seen
+        emitted = valid_output_length(padded, self._span, self._stride)
+        consumed = emitted * self._stride
+        counters.update(
+            _started=1, _emitted=emitted, _fill=max(padded - consumed, 0),
+            _skip=max(consumed - padded, 0),
+        )  # fmt: skip
+        return counters
 
     # -- the life cycle ------------------------------------------------------------------
 

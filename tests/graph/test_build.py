@@ -1,0 +1,240 @@
+"""Building a graph stream: from several threads, the model's own errors named as such, the
+length of the signal refused as a value, reductions over channels accepted."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import threading
+from typing import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import torchstreamer as pts
+from tests.conftest import assert_matches
+from tests.graph import models
+
+
+def test_streams_build_from_several_threads_at_once() -> None:
+    # issue 12, item 6: one of two concurrent builds failed, blamed on time
+    results: list[object] = [None] * 4
+
+    def build(index: int) -> None:
+        try:
+            model = models.GatedWaveNet().eval()
+            stream = pts.stream(model, torch.randn(1, 1, 64))
+            x = torch.randn(1, 1, 80)
+            with torch.no_grad():
+                y = torch.cat([stream(x[..., :30]), stream(x[..., 30:], final=True)], -1)
+                results[index] = bool(torch.allclose(y, model(x), atol=1e-5))
+        except Exception as error:  # reported below
+            results[index] = error
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(len(results))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert results == [True] * len(results)
+
+
+class Raises(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("the input must be normalised")
+
+
+def test_a_model_that_raises_is_reported_as_raising() -> None:
+    # issue 12, item 12: not blamed on time
+    with pytest.raises(pts.NotStreamableError) as caught:
+        pts.stream(Raises(), torch.randn(1, 1, 64))
+    message = str(caught.value)
+    assert "raised ValueError: the input must be normalised" in message
+    assert "length" not in message
+    assert message.count("the input must be normalised") == 1
+
+
+class UsesLength(nn.Module):
+    def __init__(self, use: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.use = use
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.use(x)
+
+
+LENGTH_USES = {
+    "mul": lambda x: x * x.shape[-1],
+    "div": lambda x: x / x.shape[-1],
+    "size": lambda x: x * x.size(-1),
+    "sqrt": lambda x: x * math.sqrt(x.shape[-1]),
+    "arange": lambda x: x + torch.arange(x.shape[-1]),
+}
+
+
+@pytest.mark.parametrize("frame", [None, "auto"])
+@pytest.mark.parametrize("use", sorted(LENGTH_USES))
+def test_the_length_used_as_a_value_is_refused_by_name(use: str, frame: object) -> None:
+    # issue 12, item 18: refused with a sentence, never a TypeError
+    model = UsesLength(LENGTH_USES[use])
+    with pytest.raises(pts.NotStreamableError, match="length"):
+        pts.stream(model, torch.randn(1, 2, 64))
+    with pytest.raises(pts.NotStreamableError, match="length"):
+        pts.streaming_transform(model, torch.randn(1, 2, 64), -1, frame=frame)  # type: ignore[arg-type]
+
+
+class ChannelNorm(nn.Module):
+    """asteroid's cLN: statistics over channels, per time step (aten.var, aten.std)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = torch.var(x, 1, keepdim=True, unbiased=False)
+        return (x - mean) / (var + 1e-8).sqrt() + x.std(dim=1, keepdim=True)
+
+
+class TimeVariance(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - torch.var(x, -1, keepdim=True)
+
+
+def test_reductions_over_channels_stream_and_over_time_are_refused() -> None:
+    x = torch.randn(2, 3, 50)
+    stream = pts.stream(ChannelNorm(), x[..., :16])
+    with torch.no_grad():
+        assert_matches(
+            torch.cat([stream(x[..., :7]), stream(x[..., 7:], final=True)], -1), ChannelNorm()(x)
+        )
+    step, axis = pts.streaming_transform(ChannelNorm(), x[..., :16], -1)
+    assert_matches(torch.stack([step(x[..., t]) for t in range(50)], axis), ChannelNorm()(x))
+    with pytest.raises(pts.NotStreamableError, match=r"aten\.var.*reduces over the time axis"):
+        pts.stream(TimeVariance(), x)
+
+
+def test_importing_without_numpy_prints_no_warning() -> None:
+    # issue 12, item 17: torch itself warns on import when NumPy is missing
+    code = "import sys; sys.modules['numpy'] = None; import torchstreamer"
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+class FourDimensionalView(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = pts.PaddedConv1d(2, 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y.view(y.shape[0], 2, 3, y.shape[-1])
+
+
+class LstmWithState(nn.Module):
+    def __init__(self, initial: bool) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(2, 3, batch_first=True)
+        self.initial = initial
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = None
+        if self.initial:
+            zeros = x.new_zeros(1, x.shape[0], 3)
+            state = (zeros, zeros)
+        return self.rnn(x.transpose(1, 2), state)[0].transpose(1, 2)
+
+
+@pytest.mark.parametrize("frame", ["stream", None, "auto"])
+@pytest.mark.parametrize("make", [FourDimensionalView, lambda: LstmWithState(False)])
+def test_views_of_outputs_and_recurrent_layers_called_with_none(make, frame: object) -> None:
+    # issue 13, items 1 and 5: a bare AssertionError, and "Leaf.forward() takes 2 positional"
+    model = make().eval()
+    x = torch.randn(2, 2, 40)
+    with torch.no_grad():
+        expected = model(x)
+        if frame == "stream":
+            stream = pts.stream(model, x[..., :16])
+            y = torch.cat([stream(x[..., :11]), stream(x[..., 11:], final=True)], -1)
+        else:
+            step, axis = pts.streaming_transform(model, x[..., :16], -1, frame=frame)  # type: ignore[arg-type]
+            if frame is None:
+                y = torch.stack([step(x[..., t]) for t in range(40)], axis)
+            else:
+                y = step(x)
+    assert_matches(y, expected)
+
+
+def test_a_recurrent_layer_given_an_initial_state_is_refused_by_name() -> None:
+    with pytest.raises(pts.NotStreamableError, match=r"layer 'rnn' \(LSTM\).*initial state"):
+        pts.stream(LstmWithState(True).eval(), torch.randn(1, 2, 32))
+
+
+class CachedPrefix(nn.Module):
+    """Mimi's offline StreamingConv1d path: a zeros prefix concatenated along time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 3, 4, stride=2)
+        self.register_buffer("previous", torch.zeros(1, 2, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([self.previous.expand(x.shape[0], -1, -1), x], -1))
+
+
+class ConstantSuffix(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, torch.ones(x.shape[0], x.shape[1], 3)], -1)
+
+
+class TwoInTime(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x], -1)
+
+
+@pytest.mark.parametrize("make", [CachedPrefix, ConstantSuffix])
+def test_a_concatenation_of_constants_along_time_is_padding(make) -> None:
+    # issue 13, item 2: refused as "acts along the time axis"
+    model = make().eval()
+    x = torch.randn(2, 2, 64)
+    stream = pts.stream(model, x[..., :32])
+    with torch.no_grad():
+        outputs = [stream(x[..., :5]), stream(x[..., 5:6]), stream(x[..., 6:], final=True)]
+        assert_matches(torch.cat([y for y in outputs if y is not None], -1), model(x))
+    if make is CachedPrefix:  # a prefix is padding before the signal: steps run it too
+        step, _ = pts.streaming_transform(model, x[..., :32], -1, frame="auto")
+        assert_matches(step(x), model(x))
+        assert stream.latency == 1  # output j reads x[2j - 2 .. 2j + 1] and sits at x[2j]
+
+
+def test_two_streams_one_after_the_other_in_time_are_refused() -> None:
+    with pytest.raises(pts.NotStreamableError, match="one after the other along time"):
+        pts.stream(TwoInTime(), torch.randn(1, 2, 32))
+
+
+class RegroupingDecoder(nn.Module):
+    """asteroid's decoder: [B, 2 * 8, T] viewed as [B, 2, 8, T], then [B * 2, 8, T]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(16, 16, 3, padding=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)[..., : x.shape[-1]]
+        y = y.view(y.shape[0], 2, 8, y.shape[-1])
+        return y.reshape(-1, 8, y.shape[-1])
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_reshapes_that_regroup_the_dims_before_time_stream(batch: int) -> None:
+    # issue 13, item 4: refused as "mixes the time axis"
+    model = RegroupingDecoder().eval()
+    stream = pts.stream(model, torch.randn(1, 16, 32))
+    x = torch.randn(batch, 16, 50)
+    with torch.no_grad():
+        outputs = [stream(x[..., :7]), stream(x[..., 7:7]), stream(x[..., 7:], final=True)]
+        assert_matches(torch.cat([y for y in outputs if y is not None], -1), model(x))
+    step, axis = pts.streaming_transform(model, torch.randn(1, 16, 32), -1)
+    x = torch.randn(1, 16, 40)
+    assert_matches(torch.stack([step(x[..., t]) for t in range(40)], axis), model(x))

@@ -43,8 +43,9 @@ $(DEMO_STAMP): $(BASE_STAMP) pyproject.toml $(PINS)
 	$(PIP) -c $(PINS) -e ".[demo]"
 	touch $@
 
+# bench: the peer libraries, which tests/test_bench_peers.py checks against the offline models
 $(TEST_STAMP): $(BASE_STAMP) pyproject.toml $(PINS)
-	$(PIP) -c $(PINS) -e ".[dev,onnx,cli,audio,demo]"
+	$(PIP) -c $(PINS) -e ".[dev,onnx,cli,audio,demo,bench]"
 	touch $@
 
 $(BENCH_STAMP): $(BASE_STAMP) pyproject.toml $(PINS)

@@ -190,7 +190,7 @@ def test_conv_transpose_counters_are_checked() -> None:
         stream(torch.randn(2, 5))
         state = stream.get_state()
         refused(stream, {**state, "_emitted": torch.tensor(3)}, r"'_emitted' is 3 but .* has 10")
-        refused(stream, {**state, "_context": torch.zeros(1, 2, 9)}, r"'_context' is shaped")
+        refused(stream, {**state, "_carry": torch.zeros(1, 2, 9)}, r"'_carry' is shaped")
 
 
 def test_residual_counters_are_checked() -> None:

@@ -30,7 +30,7 @@ __all__ = [
     "pool_output_length",
     "residual_crop",
     "same_padding",
-    "transposed_context",
+    "transposed_carry",
     "transposed_output_length",
     "transposed_reads",
     "transposed_ready",
@@ -133,26 +133,29 @@ def transposed_output_length(
     return (n - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
 
 
-def transposed_context(
+def transposed_carry(
     kernel: int, stride: int, dilation: int, padding: int = 0, output_padding: int = 0
 ) -> int:
-    """Past inputs a transposed convolution keeps to finish the outputs it has not yet emitted.
+    """Partial sums a streamed transposed convolution carries from one block to the next.
 
-    Input ``i`` writes the full (unpadded) outputs ``i*stride .. i*stride + dilation*(kernel-1)``,
-    so the outputs from ``n*stride`` on also receive the last ``dilation*(kernel-1) // stride``
-    inputs before ``n``. With ``padding > output_padding`` the last outputs are cropped once the
-    signal ends, so the stream holds back outputs from ``(n-1)*stride + span + output_padding -
-    padding`` on; finishing those needs ``1 + (padding - output_padding - 1) // stride`` inputs.
+    Input ``i`` adds its window to the (uncropped) outputs ``i*stride .. i*stride + span - 1``.
+    After ``n`` inputs the stream has returned the outputs before ``end(n)`` (see
+    :func:`transposed_ready`) and holds the partial sums of the rest up to
+    ``(n-1)*stride + span``; this is the most it ever holds (the first outputs, cropped by
+    ``padding``, wait in it too).
 
-    >>> transposed_context(kernel=4, stride=2, dilation=1)
-    1
-    >>> transposed_context(kernel=2, stride=1, dilation=1, padding=5)
-    5
+    >>> transposed_carry(kernel=4, stride=2, dilation=1)
+    2
+    >>> transposed_carry(kernel=16, stride=8, dilation=1, padding=4)
+    8
     """
-    context = (dilation * (kernel - 1)) // stride
-    if padding > output_padding:
-        context = max(context, 1 + (padding - output_padding - 1) // stride)
-    return context
+    span = conv_span(kernel, dilation)
+    most = 0
+    for n in range(1, (padding + span) // stride + 4):
+        end = min(n * stride, (n - 1) * stride + span + output_padding - padding)
+        emitted = end if end > padding else 0
+        most = max(most, (n - 1) * stride + span - emitted)
+    return most
 
 
 def residual_crop(trim: int) -> tuple[int, int]:

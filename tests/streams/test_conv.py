@@ -187,3 +187,24 @@ def test_stream_reads_weights_changed_after_it_was_built() -> None:
         conv.weight.add_(1.0)
         x = torch.randn(2, 12)
         assert_matches(run_stream(stream, x, [5]), conv(x))
+
+
+def test_transposed_convolution_computes_each_input_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue 13, item 6: the overlapping partial outputs are carried (overlap-add), so a block
+    # runs the layer on its own samples only, never again on earlier ones
+    conv = nn.ConvTranspose1d(4, 3, 16, stride=8, padding=4).eval()
+    stream = pts.ConvTranspose1dStream(conv, "model")
+    seen: list[int] = []
+    original = F.conv_transpose1d
+
+    def counting(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        seen.append(x.shape[-1])
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(F, "conv_transpose1d", counting)
+    x = torch.randn(1, 4, 30)
+    with torch.no_grad():
+        y = run_stream(stream, x, [1, 0, 3, 1, 1, 7])
+        assert sum(seen) == 30
+        monkeypatch.setattr(F, "conv_transpose1d", original)
+        assert_matches(y, conv(x))

@@ -18,7 +18,7 @@ from torchstreamer.streams.leaf import (
 from torchstreamer.streams.window import WindowStream
 from torchstreamer.time import (
     conv_span,
-    transposed_context,
+    transposed_carry,
     transposed_output_length,
     valid_output_length,
 )
@@ -150,9 +150,11 @@ class Conv1dStream(WindowStream):
 class ConvTranspose1dStream(LeafStream):
     """Streams a ``ConvTranspose1d``: the concatenated outputs equal the layer on the whole signal.
 
-    Each input sample writes ``dilation*(kernel-1) + 1`` outputs starting ``stride`` apart, so the
-    outputs up to ``n*stride`` are complete once ``n`` inputs have arrived; the stream keeps the
-    few inputs that the next outputs still need (:func:`torchstreamer.time.transposed_context`).
+    Each input sample adds its window to ``dilation*(kernel-1) + 1`` outputs starting ``stride``
+    apart, so the outputs up to ``n*stride`` are complete once ``n`` inputs have arrived. Each
+    block runs the layer on its own samples only, and the partial sums of the outputs that later
+    inputs still reach are carried to the next block and added there (overlap-add;
+    :func:`torchstreamer.time.transposed_carry`): no input is computed twice.
 
     Args:
         conv: the transposed convolution; its current parameters are read on every call.
@@ -175,8 +177,8 @@ class ConvTranspose1dStream(LeafStream):
         True
     """
 
-    _state_tensors = ("_context",)
-    _context: Tensor
+    _state_tensors = ("_carry",)
+    _carry: Tensor
     _state_ints = ("_rank", "_batch", "_channels", "_fill", "_seen", "_emitted")
 
     def __init__(self, conv: nn.ConvTranspose1d, padding: str = "valid", *, path: str = "") -> None:
@@ -194,13 +196,15 @@ class ConvTranspose1dStream(LeafStream):
         self._stride = conv.stride[0]
         self._dilation = conv.dilation[0]
         self._groups = conv.groups
+        self._out_channels = conv.out_channels
         self._span = conv_span(self._kernel, self._dilation)
         self._crop = int(conv.padding[0]) if padding == "model" else 0
         self._extra = int(conv.output_padding[0]) if padding == "model" else 0
-        self._context_cap = transposed_context(
+        self._carry_cap = transposed_carry(
             self._kernel, self._stride, self._dilation, self._crop, self._extra
         )
-        self.register_buffer("_context", torch.zeros(0), persistent=False)
+        # partial sums (without the bias) of the outputs from _emitted on: _fill of them
+        self.register_buffer("_carry", torch.zeros(0), persistent=False)
         self._fill = 0
         self._seen = 0
         self._emitted = 0
@@ -222,11 +226,15 @@ class ConvTranspose1dStream(LeafStream):
         )
 
     def _allocate(self, x: Tensor) -> None:
-        self._context = fit_buffer(self._context, x, x.shape[1], self._context_cap)
+        self._carry = fit_buffer(self._carry, x, self._out_channels, self._carry_cap)
 
     @torch.jit.unused
     def _buffer_lengths(self) -> dict[str, int]:
-        return {"_context": self._context_cap}
+        return {"_carry": self._carry_cap}
+
+    @torch.jit.unused
+    def _buffer_widths(self) -> dict[str, int]:
+        return {"_carry": self._out_channels}  # partial sums of outputs
 
     @torch.jit.unused
     def _expected_counters(self, state: dict[str, Tensor]) -> dict[str, int]:
@@ -243,7 +251,8 @@ class ConvTranspose1dStream(LeafStream):
             )
         end = min(seen * self._stride, self._full_end(seen)) if seen > 0 else 0
         emitted = end if end > self._crop else 0
-        return {"_fill": min(self._context_cap, seen), "_seen": seen, "_emitted": emitted}
+        fill = (seen - 1) * self._stride + self._span - emitted if seen > 0 else 0
+        return {"_fill": fill, "_seen": seen, "_emitted": emitted}
 
     def _reset_state(self) -> None:
         self._fill = 0
@@ -259,40 +268,45 @@ class ConvTranspose1dStream(LeafStream):
         total = before + x.shape[-1]
         if total == 0:
             return None
-        data = x if self._fill == 0 else torch.cat([self._context[:, :, : self._fill], x], -1)
-        base = (before - self._fill) * self._stride  # full output position of data's first output
-        end = self._full_end(total) if final else min(total * self._stride, self._full_end(total))
-        start = max(self._emitted, self._crop)
-        y: Optional[Tensor] = None
-        if end > start:
+        # full (uncropped) output positions: the carry starts at _emitted, x's window at base
+        first, base = self._emitted, before * self._stride
+        if x.shape[-1] > 0:
             if not torch.jit.is_scripting():
                 refresh_weights(self.module)
-            weight = self.module.weight
-            if data.shape[-1] > 0:
-                z = F.conv_transpose1d(
-                    data, weight, self.module.bias, self._stride, 0, 0, self._groups,
-                    self._dilation,
-                )  # fmt: skip
+            z = F.conv_transpose1d(
+                x, self.module.weight, None, self._stride, 0, 0, self._groups, self._dilation
+            )
+            head = self._carry[:, :, : self._fill]
+            if self._fill > 0:  # overlap-add: the carried partial sums go onto the new window
+                size = max(self._fill, base - first + z.shape[-1])
+                sums = x.new_zeros(x.shape[0], self._out_channels, size)
+                sums[:, :, : self._fill] = head
+                sums[:, :, base - first : base - first + z.shape[-1]] += z
+            elif base > first:  # outputs no input reaches (gaps): zero partial sums
+                gap = x.new_zeros(x.shape[0], self._out_channels, base - first)
+                sums = torch.cat([gap, z], -1)
             else:
-                z = data.new_zeros(data.shape[0], weight.shape[1] * self._groups, 0)
-            # outputs no input reaches (gaps when stride > span, output_padding) are bias only
-            y = z[:, :, max(start - base, 0) : max(end - base, 0)]
-            if start < base:
-                y = torch.cat([self._bias_columns(z, min(base, end) - start), y], -1)
+                sums = z
+        else:
+            sums = self._carry[:, :, : self._fill]
+        end = self._full_end(total) if final else min(total * self._stride, self._full_end(total))
+        start = max(first, self._crop)
+        y: Optional[Tensor] = None
+        if end > start:
+            y = sums[:, :, start - first : end - first]
             missing = (end - start) - y.shape[-1]
-            if missing > 0:
-                y = torch.cat([y, self._bias_columns(z, missing)], -1)
+            if missing > 0:  # past every input's window (output_padding, gaps): bias only
+                y = torch.cat([y, sums.new_zeros(y.shape[0], y.shape[1], missing)], -1)
+            bias = self.module.bias
+            if bias is not None:
+                y = y + bias.view(1, -1, 1)
             self._emitted = end
-        keep = min(self._context_cap, data.shape[-1])
-        if keep > 0:
-            self._context[:, :, :keep].copy_(data[:, :, data.shape[-1] - keep :].detach())
-        self._fill = keep
+            first_kept = end
+        else:
+            first_kept = first
+        if not final:
+            kept = sums[:, :, first_kept - first :]
+            self._carry[:, :, : kept.shape[-1]].copy_(kept.detach())
+            self._fill = kept.shape[-1]
         self._seen = total
         return y
-
-    def _bias_columns(self, z: Tensor, count: int) -> Tensor:
-        columns = torch.zeros(z.shape[0], z.shape[1], count, dtype=z.dtype, device=z.device)
-        bias = self.module.bias
-        if bias is not None:
-            columns = columns + bias.view(1, -1, 1)
-        return columns

@@ -112,7 +112,9 @@ class LeafStream(BaseStream):
     def _check_state(self, state: dict[str, Tensor]) -> None:
         """Check the signal counters and that every buffer has the shape this stream gives it
         (``[batch, channels, length]`` mid-signal), then the subclass's counters."""
-        check_signal_state(self._label, state, self._in_channels, self._buffer_lengths())
+        check_signal_state(
+            self._label, state, self._in_channels, self._buffer_lengths(), self._buffer_widths()
+        )
         names = list(self._buffer_lengths())
         reference = self._reference()
         if reference is not None and any(reference is b for b in self._buffers.values()):
@@ -134,6 +136,11 @@ class LeafStream(BaseStream):
     @torch.jit.unused
     def _buffer_lengths(self) -> dict[str, int]:
         """Length (dim 2) of each state buffer, as ``_allocate`` sizes it."""
+        return {}
+
+    @torch.jit.unused
+    def _buffer_widths(self) -> dict[str, int]:
+        """Channels (dim 1) of the state buffers that do not hold the input's channels."""
         return {}
 
     @torch.jit.unused
@@ -174,7 +181,11 @@ def fit_buffer(buffer: Tensor, like: Tensor, channels: int, length: int) -> Tens
 
 
 def check_signal_state(
-    label: str, state: dict[str, Tensor], in_channels: int, lengths: dict[str, int]
+    label: str,
+    state: dict[str, Tensor],
+    in_channels: int,
+    lengths: dict[str, int],
+    widths: Optional[dict[str, int]] = None,
 ) -> None:
     """Raise :class:`StreamError` unless the counters ``_rank``, ``_batch`` and ``_channels``
     of ``state`` are consistent and each buffer named in ``lengths`` has the shape the stream
@@ -208,19 +219,20 @@ def check_signal_state(
         raise refuse(f"'_channels' is {channels} but must be {wanted}")
     for name, length in lengths.items():
         shape = list(state[name].shape)
+        width = (widths or {}).get(name, channels)
         if rank != 0:
-            if len(shape) != 3 or shape[:2] != [batch, channels] or length not in (-1, shape[2]):
-                wanted = f"[{batch}, {channels}, {'L' if length < 0 else length}]"
+            if len(shape) != 3 or shape[:2] != [batch, width] or length not in (-1, shape[2]):
+                wanted = f"[{batch}, {width}, {'L' if length < 0 else length}]"
                 raise refuse(
                     f"'{name}' is shaped {shape} but a signal with batch {batch} and "
                     f"{channels} channels keeps it shaped {wanted}"
                 )
-        elif shape != [0] and (
-            len(shape) != 3
-            or length not in (-1, shape[2])
-            or (in_channels >= 0 and shape[1] != in_channels)
+            continue
+        width = (widths or {}).get(name, in_channels)
+        if shape != [0] and (
+            len(shape) != 3 or length not in (-1, shape[2]) or (width >= 0 and shape[1] != width)
         ):
-            channels_text = str(in_channels) if in_channels >= 0 else "C"
+            channels_text = str(width) if width >= 0 else "C"
             wanted = f"[0] or [B, {channels_text}, {'L' if length < 0 else length}]"
             raise refuse(f"'{name}' is shaped {shape} but must be shaped {wanted}")
 

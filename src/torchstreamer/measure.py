@@ -310,6 +310,11 @@ def plot_costs(panels: dict[str, list[dict[str, Any]]], path: Any, ylabel: str) 
     except ImportError:
         return "matplotlib is not installed (pip install 'torch-streamer[bench]'): no plot"
     names = list(dict.fromkeys(r["runner"] for rows in panels.values() for r in rows))
+    palette = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+
+    def colour(index: int) -> Any:  # one colour per runner, fixed by its place in the list
+        return palette(index % palette.N)
+
     # the legend goes below the panels, in as many columns as fit the figure's width
     figure_width = 4.0 * len(panels)
     entry_width = 0.7 + 0.075 * max([len(n) for n in names] or [1])  # inches at fontsize 8
@@ -327,14 +332,14 @@ def plot_costs(panels: dict[str, list[dict[str, Any]]], path: Any, ylabel: str) 
             )
             if mine:
                 axis.plot([r["block"] for r in mine], [r["us_per_sample"] for r in mine],
-                          marker="o", label=name, color=f"C{names.index(name) % 10}")  # fmt: skip
+                          marker="o", label=name, color=colour(names.index(name)))  # fmt: skip
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_title(title)
         axis.set_xlabel("block size (samples)")
         axis.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel(ylabel)
-    handles = [plt.Line2D([], [], color=f"C{i % 10}", marker="o") for i in range(len(names))]
+    handles = [plt.Line2D([], [], color=colour(i), marker="o") for i in range(len(names))]
     figure.legend(handles, names, loc="outside lower center", ncol=columns, fontsize=8)
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -198,3 +198,26 @@ def test_the_help_says_what_runs_code(capsys: pytest.CaptureFixture[str]) -> Non
         out = " ".join(capsys.readouterr().out.split())
         assert "package.module:factory imports the module and calls the factory" in out
         assert "refused unless you pass --trust-file" in out
+
+
+def test_a_forward_that_raises_is_reported_once_as_the_model_raising(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue 12, item 12: not blamed on time, nor on the channel count
+    (tmp_path / "raising_model.py").write_text(
+        "import torch\n"
+        "class Bad(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv1d(1, 1, 3)\n"
+        "    def forward(self, x):\n"
+        "        raise ValueError('the input must be normalised')\n"
+        "def make():\n"
+        "    return Bad()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["inspect", "raising_model:make"]) == 2
+    err = capsys.readouterr().err
+    assert "the model raised ValueError: the input must be normalised" in err
+    assert err.count("the input must be normalised") == 1
+    assert "--channels" not in err

@@ -11,6 +11,7 @@ from typing import Callable
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import torchstreamer as pts
@@ -238,3 +239,22 @@ def test_reshapes_that_regroup_the_dims_before_time_stream(batch: int) -> None:
     step, axis = pts.streaming_transform(model, torch.randn(1, 16, 32), -1)
     x = torch.randn(1, 16, 40)
     assert_matches(torch.stack([step(x[..., t]) for t in range(40)], axis), model(x))
+
+
+def test_an_example_shorter_than_the_total_stride_is_refused_as_such() -> None:
+    # an output that the capture fixed at one sample crashed streaming_transform (bare assert)
+    class Strided(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pools = nn.Sequential(*[nn.AvgPool1d(s) for s in (2, 3, 3)])
+            self.conv = nn.Conv1d(1, 1, 1, stride=3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.gelu(self.conv(F.pad(self.pools(x), (0, 0))))
+
+    model = Strided().eval()
+    with pytest.raises(pts.NotStreamableError, match=r"shape \[1, 48\]\) is too short"):
+        pts.streaming_transform(model, torch.randn(1, 48), -1, frame="auto")
+    with pytest.raises(pts.NotStreamableError, match="too short"):
+        pts.stream(model, torch.randn(1, 48))
+    pts.stream(model, torch.randn(1, 54 * 4))  # long enough

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import event, given
+from hypothesis import assume, event, given
 from hypothesis import strategies as st
 from torch import nn
 
@@ -131,6 +131,10 @@ def test_random_rate_models_stream_exactly_and_never_hold_an_output_back(
     model, channels = spec
     shape = [channels] if batch == 0 else [batch, channels]
     example = torch.randn(*shape, 48)
+    try:  # an example shorter than the model's total stride is refused as such (test_build)
+        assume(offline(model, example).shape[-1] >= 2)
+    except RuntimeError:
+        assume(False)
     refusal = ""
     try:
         step, axis = pts.streaming_transform(model, example, -1, frame="auto")

@@ -166,6 +166,12 @@ def _load_factory(spec: str, channels: Optional[int], length: int) -> LoadedMode
                 f"channels) but the example input has {example.shape[1]}, {shape}; pass "
                 f"--channels {wanted}."
             ) from error
+        if first is not None:  # the channels fit its first layer: the model itself raised
+            raise CliError(
+                f"the model raised {type(error).__name__}: {_one_line(error)} (run offline on "
+                f"an example input shaped {shape}); fix the model, or return an example that "
+                "it accepts from the factory."
+            ) from error
         raise CliError(
             f"{spec} fails on an example input of shape {shape} ({type(error).__name__}: "
             f"{_one_line(error)}); pass --channels N or return an example from the factory."

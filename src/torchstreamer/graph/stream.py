@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from torchstreamer.base import BaseStream, Stateful
-from torchstreamer.errors import StreamInputError
+from torchstreamer.errors import NotStreamableError, StreamInputError
 from torchstreamer.generated import Source
 from torchstreamer.graph.analysis import refuse, time_axis, time_length
 from torchstreamer.graph.capture import capture
@@ -105,6 +105,14 @@ class GraphStream(BaseStream):
         for output in self._outputs:
             if not isinstance(output, fx.Node) or output.name not in self._timed:
                 raise refuse(output, "the model returns a value that does not follow the time axis")
+            if time_axis(output) is None:  # the capture fixed a length of 0 or 1 for it
+                shape = list(output.meta["val"].shape)
+                raise NotStreamableError(
+                    f"The example input (shape {list(example.shape)}) is too short for "
+                    f"{type(model).__name__}: its output (shape {shape}) has too few samples to "
+                    "follow the input's length. Give a longer example, several times the "
+                    "model's total stride."
+                )
         self._output_axis = time_axis(self._outputs[0])
         self._output_axes = [time_axis(o) for o in self._outputs]
         # generated on first use: the call, and the same call recording every streamed block
@@ -126,12 +134,9 @@ class GraphStream(BaseStream):
         ``None`` when it completes none. ``final=True`` ends the signal."""
         self._check_block(x)
         length = x.shape[self._axis]
-        if not final and self._record is None and self._gated:
-            if self._schedule is None:
-                self._schedule = Schedule(self.timing, [o.name for o in self._outputs])
-            if self._seen + length < self._schedule.next_return(self._seen):
-                self._keep(x)  # no output can come yet: run nothing, keep the samples
-                return None
+        if not final and self._waits(length):
+            self._keep(x)  # no output can come yet: run nothing, keep the samples
+            return None
         if self._filled:
             x = torch.cat([self._pending.narrow(self._axis, 0, self._filled), x], self._axis)
             self._filled = 0
@@ -140,6 +145,19 @@ class GraphStream(BaseStream):
         if all(y.shape[a] == 0 for y, a in zip(results, self._output_axes)):
             return None
         return results[0] if len(results) == 1 else tuple(results)
+
+    def _waits(self, length: int) -> bool:
+        """Whether ``length`` more samples complete no output, by the plan's schedule (not
+        while recording every node's blocks, nor when the schedule is off)."""
+        if self._record is not None or not self._gated:
+            return False
+        if self._schedule is None:
+            try:
+                self._schedule = Schedule(self.timing, [o.name for o in self._outputs])
+            except ValueError:  # no period within reach: every call runs the layers
+                self._gated = False
+                return False
+        return self._seen + length < self._schedule.next_return(self._seen)
 
     def _keep(self, x: Tensor) -> None:
         """Add ``x`` to the samples that wait for the next call that returns something."""

@@ -8,11 +8,11 @@ runs the benchmark and cached (a stamp file marks a finished install)::
     benchmarks/.legacy-venv/bin/pip install torch==2.13.0              # the CPU wheel, pinned
     benchmarks/.legacy-venv/bin/pip install --no-deps torch-streamer==0.0.2
 
-and is timed in a subprocess of that environment: :func:`time_legacy` writes the workload model's
-state dict, the signals and the offline model's outputs to a temporary folder, and the worker
-(the ``_worker`` function of this file, run as a script by the legacy interpreter) rebuilds the
-model from 0.0.2's torch layers, loads the weights, checks 0.0.2's ``Sequential1dStream``
-against the offline output, then times it on one thread: a fresh stream per run (0.0.2 has no
+and is timed in a subprocess of that environment: :func:`time_legacy` writes the workload model
+(plain torch layers, which the legacy interpreter unpickles as they are), the signals and the
+offline model's outputs to a temporary folder, and the worker (the ``_worker`` function of this
+file, run as a script by the legacy interpreter) checks 0.0.2's ``Sequential1dStream`` against
+the offline output, then times it on one thread: a fresh stream per run (0.0.2 has no
 ``reset``), one call per block with ``final=True`` on the last, median of the repeats.
 
 0.0.2 streams unbatched ``[C, T]`` blocks and pads nothing, so only the seed's sequential
@@ -119,7 +119,8 @@ def time_legacy(
         torch.save(
             {
                 "workload": workload,
-                "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                # torch's own layers only: the legacy interpreter unpickles the model itself
+                "model": model,
                 "signals": {b: x.detach().clone() for b, x in signals.items()},
                 "expected": {b: _first(model(x)).detach().clone() for b, x in signals.items()},
                 "repeats": repeats,
@@ -149,21 +150,6 @@ def _first(y: Any) -> Any:
 # ---- the worker: runs under the legacy interpreter, imports 0.0.2's ``torchstreamer`` ----------
 
 
-def _seed_sequential(channels: int = 128) -> Any:
-    """The same architecture as ``torchstreamer.examples.models.seed_sequential`` (torch layers
-    only; the weights come from the state dict, loaded strictly)."""
-    from torch import nn
-
-    return nn.Sequential(
-        nn.Conv1d(1, channels, 1), nn.GELU(),
-        nn.Conv1d(channels, channels, 2, stride=2), nn.GELU(),
-        nn.Conv1d(channels, channels, 2, stride=2), nn.AvgPool1d(2),
-        nn.ConvTranspose1d(channels, channels, 2, stride=2), nn.GELU(),
-        nn.ConvTranspose1d(channels, channels, 2, stride=2), nn.GELU(),
-        nn.Conv1d(channels, 1, 1),
-    ).eval()  # fmt: skip
-
-
 def _worker(payload_path: str, out_path: str) -> None:  # pragma: no cover - legacy interpreter
     import importlib.metadata
     import statistics
@@ -176,10 +162,9 @@ def _worker(payload_path: str, out_path: str) -> None:  # pragma: no cover - leg
     found = importlib.metadata.version("torch-streamer")
     if found != VERSION:
         raise SystemExit(f"expected torch-streamer {VERSION}, found {found} ({legacy.__file__})")
-    payload = torch.load(payload_path, weights_only=True)
+    payload = torch.load(payload_path, weights_only=False)  # our own file, written just now
     torch.set_num_threads(int(payload["threads"]))
-    model = {"seed_sequential": _seed_sequential}[payload["workload"]]()
-    model.load_state_dict(payload["state_dict"], strict=True)
+    model = payload["model"].eval()
 
     def run(
         stream: Any, x: torch.Tensor, block: int, calls: Optional[list[float]] = None

@@ -141,7 +141,8 @@ def test_bench_writes_json_and_a_plot(tmp_path: Path, capsys: pytest.CaptureFixt
     assert (tmp_path / "b.png").stat().st_size > 1000
 
 
-def write_wav(path: Path, channels: int, rate: int = 16000, frames: int = 4000) -> None:
+def write_wav(path: Path, channels: int = 1, rate: int = 16000, frames: int = 4000) -> None:
+    """A WAV/FLAC file of sines (``channels`` of them) for the run command's tests."""
     soundfile = pytest.importorskip("soundfile")
     t = np.arange(frames) / rate
     data = np.stack([0.3 * np.sin(2 * np.pi * (300 + 200 * c) * t) for c in range(channels)], 1)

@@ -9,9 +9,9 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from tests.cli.test_cli import write_wav
 from torchstreamer.cli import main
 
 MODELS = """
@@ -126,12 +126,6 @@ def test_plot_without_matplotlib_names_the_extra_before_any_work(
     assert "pip install 'torch-streamer[bench]'" in err
 
 
-def write_wav(path: Path, frames: int = 1000, rate: int = 16000) -> None:
-    soundfile = pytest.importorskip("soundfile")
-    t = np.arange(frames) / rate
-    soundfile.write(str(path), 0.3 * np.sin(2 * np.pi * 440 * t), rate)
-
-
 @pytest.mark.parametrize(
     "order",
     [
@@ -144,7 +138,7 @@ def write_wav(path: Path, frames: int = 1000, rate: int = 16000) -> None:
 def test_run_takes_options_before_between_and_after_the_files(
     models: str, tmp_path: Path, order: list[str]
 ) -> None:
-    write_wav(tmp_path / "in.wav")
+    write_wav(tmp_path / "in.wav", frames=1000)
     values = {"MODEL": f"{models}:mono", "IN": "in.wav", "OUT": "out.wav"}
     assert main(["run", *(values.get(a, a) for a in order)]) == 0
     import soundfile

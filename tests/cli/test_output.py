@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
+from tests.cli.test_cli import write_wav
 from torchstreamer.cli import main, show
 
 
@@ -43,12 +43,6 @@ def slow_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
     sys.modules.pop("slow_models", None)
 
 
-def write_wav(path: Path, frames: int = 16000, rate: int = 16000) -> None:
-    soundfile = pytest.importorskip("soundfile")
-    t = np.arange(frames) / rate
-    soundfile.write(str(path), 0.3 * np.sin(2 * np.pi * 440 * t), rate)
-
-
 @pytest.mark.parametrize(
     "arguments",
     [
@@ -65,7 +59,7 @@ def test_piped_stderr_gets_a_progress_line_every_few_seconds(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    write_wav(tmp_path / "in.wav")
+    write_wav(tmp_path / "in.wav", frames=16000)
     monkeypatch.setattr(show, "INTERVAL", 0.05)
     assert main(arguments) == 0
     lines = capsys.readouterr().err.splitlines()

@@ -15,16 +15,7 @@ from torch import nn
 import torchstreamer as pts
 from tests.conftest import fewer
 from tests.graph import models
-from tests.graph.test_stream import ZOO
-
-
-class Chain(nn.Module):
-    def __init__(self, *layers: nn.Module) -> None:
-        super().__init__()
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+from tests.graph.test_stream import ZOO, Chain
 
 
 def test_a_stride_of_512_has_a_rate_of_1_over_512() -> None:

@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from torchstreamer.cli.show import message, reporting, stage
 from torchstreamer.cli.spec import SAFETY, USAGE, CliError, LoadedModel, load_model
@@ -54,24 +54,24 @@ def _blocks(text: str) -> list[int]:
     return blocks
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from error
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _at_least(minimum: int, kind: type = int) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` (int or float) that is at least ``minimum``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError as error:
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from error
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text}")
+        return value
+
+    return parse
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from error
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, not {text}")
-    return value
+_positive = _at_least(1)
+_non_negative = _at_least(0, float)
 
 
 def _epilog() -> str:

@@ -175,3 +175,27 @@ class PerStepAlgebra(nn.Module):
         v = x.view(x.shape[0], 2, 2, x.shape[-1]).sum(1)
         u = F.interpolate(self.pool(x), scale_factor=3, mode="linear")
         return r + v, u, v
+
+
+class PadToMultiple(nn.Module):
+    """Right padding to a multiple of the stride, computed from the length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 2, 4, stride=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, (-x.shape[-1]) % 4)))
+
+
+class CroppedSkip(nn.Module):
+    """A U-Net skip cropped to the length of the upsampled path (T - T % 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv1d(1, 2, 2, stride=2)
+        self.up = nn.ConvTranspose1d(2, 1, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.up(self.down(x))
+        return y + x[..., : y.shape[-1]]

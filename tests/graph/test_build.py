@@ -12,10 +12,12 @@ from typing import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 import torchstreamer as pts
-from tests.conftest import assert_matches
+from tests.conftest import assert_matches, block_sizes, fewer, run_stream, split_lengths
 from tests.graph import models
 
 
@@ -258,3 +260,38 @@ def test_an_example_shorter_than_the_total_stride_is_refused_as_such() -> None:
     with pytest.raises(pts.NotStreamableError, match="too short"):
         pts.stream(model, torch.randn(1, 48))
     pts.stream(model, torch.randn(1, 54 * 4))  # long enough
+
+
+class ExtraPadding(nn.Module):
+    """EnCodec's get_extra_padding_for_conv1d: a float ceil of the frame count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 2, 8, stride=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel, stride, total = 8, 4, 4
+        frames = (x.shape[-1] - kernel + total) / stride + 1
+        extra = (math.ceil(frames) - 1) * stride + (kernel - total) - x.shape[-1]
+        return self.conv(F.pad(x, (total, extra)))
+
+
+@pytest.mark.parametrize("make", [models.PadToMultiple, ExtraPadding, models.CroppedSkip])
+@fewer(15)
+@given(length=st.integers(40, 90), sizes=block_sizes())
+def test_pads_and_crops_computed_from_the_length_stream(make, length: int, sizes) -> None:
+    # issue 13, item 1: "int() argument ... not 'Node'", or refused
+    model = make().eval()
+    stream = pts.stream(model, torch.randn(1, 1, 64))
+    x = torch.randn(1, 1, length)
+    with torch.no_grad():
+        assert_matches(run_stream(stream, x, split_lengths(length, sizes)), model(x))
+
+
+def test_a_left_padding_computed_from_the_length_is_refused() -> None:
+    class LeftFromLength(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.pad(x, ((-x.shape[-1]) % 4, 0))
+
+    with pytest.raises(pts.NotStreamableError, match="left padding depends on the length"):
+        pts.stream(LeftFromLength(), torch.randn(1, 1, 64))

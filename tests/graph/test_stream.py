@@ -40,6 +40,8 @@ ZOO = {
     "conv_lstm": (lambda: models.ConvRecurrent(nn.LSTM), [1, 2, 64]),
     "time_major_lstm": (models.TimeMajorLstm, [2, 3, 40]),
     "upsample_cumsum": (models.UpsampleCumsum, [2, 2, 40]),
+    "pad_to_multiple": (models.PadToMultiple, [1, 1, 64]),
+    "cropped_skip": (models.CroppedSkip, [2, 1, 64]),
 }
 
 

@@ -207,9 +207,15 @@ class TimeSlice(Handler):
     _state_tensors = ("_held",)
     _state_ints = ("_skip",)
 
-    def __init__(self, axis: int, start: int, right: int) -> None:
+    def __init__(
+        self, axis: int, start: int, right: int, at_end: Optional[Callable[[int], int]] = None
+    ) -> None:
         super().__init__()
         self.axis, self.start, self.right = axis, start, right
+        # a crop at the end that depends on the signal's length (a U-Net's skip cropped to the
+        # length of the upsampled path): at most `right`; the exact count once the signal ends
+        self.at_end = at_end
+        self.signal_length = 0  # the model input's length, set by the graph stream at the end
         self._skip = start
         self.register_buffer("_held", torch.zeros(0), persistent=False)
 
@@ -233,7 +239,10 @@ class TimeSlice(Handler):
             self._skip -= drop
         if self._held.dim() > 1:
             block = torch.cat([self._held, block], self.axis)
-        keep = min(self.right, block.shape[self.axis])
+        right = self.right
+        if final and self.at_end is not None:
+            right = self.at_end(self.signal_length)
+        keep = min(right, block.shape[self.axis])
         out = block.narrow(self.axis, 0, block.shape[self.axis] - keep)
         self._held = block.narrow(self.axis, block.shape[self.axis] - keep, keep).detach()
         if final:
@@ -273,6 +282,36 @@ class ModuleStreamHandler(Handler):
             shape[-2], shape[-1] = self.channels, 0
             return args[0].new_zeros(shape)
         return y
+
+
+def _length_function(node: fx.Node) -> Callable[[int], int]:
+    """The value of a size computed from the signal's length (a symbolic node), as a function
+    of the length of the model's input."""
+    expression = node.meta["val"].node.expr
+    symbols = list(expression.free_symbols)
+
+    def value(length: int) -> int:
+        return int(expression.subs(symbols[0], length)) if symbols else int(expression)
+
+    return value
+
+
+class LengthPadding(ModuleStreamHandler):
+    """Constant right padding whose length depends on the whole signal's
+    (``F.pad(x, (0, (-x.shape[-1]) % 4))``, EnCodec's extra padding): the samples go through as
+    they come, and the padding follows when the signal ends, once its length is known."""
+
+    def __init__(
+        self, stream: BaseStream, holder: nn.Module, channels: int, amount: Callable[[int], int]
+    ) -> None:
+        super().__init__(stream, holder, (), channels)
+        self.amount = amount
+        self.signal_length = 0  # the model input's length, set by the graph stream at the end
+
+    def step(self, args: list[Any], final: bool) -> Any:
+        if final:
+            self.stream._right = max(0, self.amount(self.signal_length))  # type: ignore[assignment]
+        return super().step(args, final)
 
 
 def _plain(holder: nn.Module) -> nn.Module:
@@ -351,7 +390,16 @@ def _window_handler(node: fx.Node, axis: int) -> Optional[Handler]:
             channels = int(weight.shape[0])
         return ModuleStreamHandler(stream, holder, (1, 2), channels)
     if target in (aten.pad.default, aten.constant_pad_nd.default):
-        pads = [int(p) for p in args[1]]
+        raw = list(args[1])
+        if any(isinstance(p, fx.Node) for p in raw[:1] + raw[2:]):
+            raise refuse(
+                node,
+                "its left padding depends on the length of the whole signal, which is unknown "
+                "until the signal ends",
+                "compute the padding that depends on the length on the right",
+            )
+        tail = raw[1] if len(raw) > 1 and isinstance(raw[1], fx.Node) else None
+        pads = [0 if isinstance(p, fx.Node) else int(p) for p in raw]
         sides = (pads[0], pads[1])
         mode = args[2] if target is aten.pad.default and args[2] is not None else "constant"
         value = args[3] if target is aten.pad.default else args[2]
@@ -371,6 +419,16 @@ def _window_handler(node: fx.Node, axis: int) -> Optional[Handler]:
         else:
             pad_module = nn.ReplicationPad1d(sides)
         channels = int(node.meta["val"].shape[-2])
+        if tail is not None:
+            if mode != "constant":
+                raise refuse(
+                    node,
+                    f"its right {mode} padding has a length that depends on the whole signal",
+                    "pad with a constant, or by a fixed amount",
+                )
+            return LengthPadding(
+                Pad1dStream(pad_module, "model"), pad_module, channels, _length_function(tail)
+            )
         return ModuleStreamHandler(Pad1dStream(pad_module, "model"), pad_module, (), channels)
     if target is aten.avg_pool1d.default:
         if axis != rank - 1:
@@ -895,6 +953,23 @@ def _time_concatenation(node: fx.Node, axis: int) -> Optional[Handler]:
     return Concatenation(axis, index, before)
 
 
+def _bounded_crop(node: fx.Node, right: Any) -> Optional[tuple[int, Callable[[int], int]]]:
+    """For a crop at the end whose size depends on the signal's length only through a bounded
+    remainder (``T - 2*(T//2)``), the most it crops and its size for a given length."""
+    symbols = list(right.free_symbols)
+    if len(symbols) != 1:
+        return None
+    symbol = symbols[0]
+    values = {int(right.subs(symbol, length)) for length in range(64, 64 + 720)}
+    if min(values) < 0 or max(values) > 4096:
+        return None
+
+    def at_end(length: int) -> int:
+        return int(right.subs(symbol, length))
+
+    return max(values), at_end
+
+
 def _time_slice(node: fx.Node, axis: int) -> Handler:
     a: list[Any] = list(node.args)
     source = a[0]
@@ -916,6 +991,10 @@ def _time_slice(node: fx.Node, axis: int) -> Handler:
 
     start = sympy.simplify(offset(a[2] if len(a) > 2 else None, sympy.Integer(0)))
     right = sympy.simplify(length - offset(a[3] if len(a) > 3 else None, length))
+    if start.is_Integer and start >= 0 and not right.is_Integer:
+        bounded = _bounded_crop(node, right)
+        if bounded is not None:
+            return TimeSlice(axis, int(start), *bounded)
     if not (start.is_Integer and right.is_Integer and start >= 0 and right >= 0):
         raise refuse(
             node,

@@ -21,6 +21,7 @@ from torchstreamer.graph.analysis import refuse, time_axis, time_length
 from torchstreamer.graph.capture import capture
 from torchstreamer.graph.handlers import (
     Handler,
+    LengthPadding,
     ModuleStreamHandler,
     RecurrentHandler,
     Reshape,
@@ -79,15 +80,15 @@ class GraphStream(BaseStream):
             if node.op != "call_function":
                 continue
             value = node.meta.get("val")
-            if isinstance(value, torch.SymInt):
-                self._symbolic.add(node.name)  # sizes, used by slices at build time only
+            if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+                self._symbolic.add(node.name)  # sizes, used by slices and pads at build time
                 continue
             inputs = node.all_input_nodes
             if any(n.name in self._timed for n in inputs):
                 handlers[node.name] = build_handler(node, leaves)
                 self._timed.add(node.name)
                 if any(n.name in self._symbolic for n in inputs) and not isinstance(
-                    handlers[node.name], (TimeSlice, Reshape)
+                    handlers[node.name], (TimeSlice, Reshape, LengthPadding)
                 ):
                     raise refuse(
                         node, "it uses the length of the signal, which is unknown while streaming"
@@ -99,6 +100,11 @@ class GraphStream(BaseStream):
                     "unknown while streaming (its time axis does not come from the input)",
                 )
         self.handlers = nn.ModuleDict(handlers)
+        self._length_dependent = [
+            h
+            for h in handlers.values()
+            if isinstance(h, LengthPadding) or (isinstance(h, TimeSlice) and h.at_end)
+        ]
         self._nodes = {node.name: node for node in self._graph.nodes}
         outputs = next(n for n in self._graph.nodes if n.op == "output").args[0]
         self._outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
@@ -140,6 +146,9 @@ class GraphStream(BaseStream):
         if self._filled:
             x = torch.cat([self._pending.narrow(self._axis, 0, self._filled), x], self._axis)
             self._filled = 0
+        if final:  # crops and pads at the end that depend on the signal's length
+            for handler in self._length_dependent:
+                handler.signal_length = self._seen + length
         results = self._run_block(x, final)
         self._seen = 0 if final else self._seen + length
         if all(y.shape[a] == 0 for y, a in zip(results, self._output_axes)):

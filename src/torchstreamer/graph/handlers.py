@@ -310,7 +310,7 @@ class LengthPadding(ModuleStreamHandler):
 
     def step(self, args: list[Any], final: bool) -> Any:
         if final:
-            self.stream._right = max(0, self.amount(self.signal_length))  # type: ignore[assignment]
+            self.stream._right = max(0, self.amount(self.signal_length))
         return super().step(args, final)
 
 

@@ -199,3 +199,16 @@ class CroppedSkip(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.up(self.down(x))
         return y + x[..., : y.shape[-1]]
+
+
+class Interleaved(nn.Module):
+    """A 2x upsampler that interleaves two branches in time: stack, then a view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv1d(2, 3, 3, padding=1)
+        self.b = nn.Conv1d(2, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.a(x), self.b(x)
+        return torch.stack([a, b], -1).view(x.shape[0], 3, 2 * x.shape[-1])

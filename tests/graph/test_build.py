@@ -295,3 +295,10 @@ def test_a_left_padding_computed_from_the_length_is_refused() -> None:
 
     with pytest.raises(pts.NotStreamableError, match="left padding depends on the length"):
         pts.stream(LeftFromLength(), torch.randn(1, 1, 64))
+
+
+def test_a_view_that_interleaves_time_is_a_rate_change() -> None:
+    # issue 13, item 1: torch.stack([a, b], -1).view(B, C, 2 * T) was "mixes the time axis"
+    stream = pts.stream(models.Interleaved().eval(), torch.randn(1, 2, 64))
+    # output 2t is conv a at t, which reads x[t + 1]; output 2t + 1 is conv b at t
+    assert (stream.rate, stream.latency, stream.receptive_field) == (2, 1, 3)

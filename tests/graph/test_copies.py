@@ -41,3 +41,40 @@ def test_a_fresh_fork_streams_a_whole_signal(fork: str) -> None:
     twin = FORKS[fork](pts.stream(model, x))
     with torch.no_grad():
         assert_matches(torch.cat([twin(x[..., :9]), twin(x[..., 9:], final=True)], -1), model(x))
+
+
+def test_every_state_a_graph_stream_reaches_fits_a_fresh_twin() -> None:
+    model = models.seed_residual().eval()  # joins and crops: held samples to check
+    x = torch.randn(1, 1, 90)
+    stream = pts.stream(model, x[..., :64])
+    start = 0
+    with torch.no_grad():
+        for length in [0, 1, 1, 2, 5, 1, 9, 3, 1, 1, 7]:
+            stream(x[..., start : start + length])
+            start += length
+            twin = pts.stream(model, x[..., :64])
+            twin.set_state(stream.get_state())
+            state = stream.get_state()
+            assert torch.equal(twin(x[..., start:], final=True), stream(x[..., start:], final=True))
+            stream.set_state(state)
+
+
+def test_a_graph_stream_refuses_held_samples_that_do_not_fit() -> None:
+    # issue 12, item 3 for graph streams: wrong lengths gave silently wrong output
+    model = models.seed_residual().eval()
+    x = torch.randn(1, 1, 40)
+    stream = pts.stream(model, x)
+    with torch.no_grad():
+        stream(x[..., :13])
+    state = stream.get_state()
+    held = {k: v for k, v in state.items() if v.dim() == 3 and "_pending" in k and v.shape[-1]}
+    assert held, "the residual joins hold samples mid-signal"
+    for key, value in held.items():
+        broken = {**state, key: value[..., 1:].clone()}
+        with pytest.raises(pts.StreamError, match="keeps|holds|'_pending'"):
+            stream.set_state(broken)
+    with pytest.raises(pts.StreamError, match="'_filled'"):
+        stream.set_state({**state, "_filled": torch.tensor(10**6)})
+    with pytest.raises(pts.StreamError, match="'_filled'"):
+        stream.set_state({**state, "_seen": torch.tensor(-5)})
+    assert all(torch.equal(v, stream.get_state()[k]) for k, v in state.items())  # unchanged

@@ -42,6 +42,7 @@ ZOO = {
     "upsample_cumsum": (models.UpsampleCumsum, [2, 2, 40]),
     "pad_to_multiple": (models.PadToMultiple, [1, 1, 64]),
     "cropped_skip": (models.CroppedSkip, [2, 1, 64]),
+    "interleaved": (models.Interleaved, [2, 2, 64]),
 }
 
 

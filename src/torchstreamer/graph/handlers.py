@@ -172,7 +172,7 @@ class Aligned(Handler):
             return self.op(*args)
         joined = []
         for i, position in enumerate(self.positions):
-            block, held = _get(args, position), getattr(self, f"_pending{i}")
+            block, held = argument_at(args, position), getattr(self, f"_pending{i}")
             joined.append(block if held.dim() == 1 else torch.cat([held, block], self.axes[i]))
         ready = min(b.shape[a] for b, a in zip(joined, self.axes))
         for i, (block, axis) in enumerate(zip(joined, self.axes)):
@@ -185,7 +185,8 @@ class Aligned(Handler):
         return self.op(*args)
 
 
-def _get(args: Any, position: tuple[int, ...]) -> Any:
+def argument_at(args: Any, position: tuple[int, ...]) -> Any:
+    """The argument at ``position`` (indices into nested lists) of an op's arguments."""
     for index in position:
         args = args[index]
     return args
@@ -657,12 +658,60 @@ def _reshape_handler(node: fx.Node, axis_in: int) -> Handler:
         and (axis_in == 0) == (axis_out == 0)
     )
     if not keeps_time:
+        interleaved = _interleaving(node, source, axis_in)
+        if interleaved is not None:
+            return interleaved
         raise refuse(
             node, "it mixes the time axis with other axes", "reshape only the dims other than time"
         )
     assert axis_out is not None
     shape = [int(s) if i != axis_out else -1 for i, s in enumerate(after)]
     return Reshape(shape, axis_out, axis_in)
+
+
+class Interleave(Handler):
+    """A reshape that merges the time axis with the ``factor`` values after it
+    (``torch.stack([a, b], -1).view(B, C, 2 * T)``, a 2x upsampler): each input step gives
+    ``factor`` consecutive output steps, so every block reshapes alone."""
+
+    def __init__(self, shape: list[int], axis: int, factor: int) -> None:
+        super().__init__()
+        self.shape, self.axis, self.factor = shape, axis, factor
+
+    def rule(self) -> TimeRule:
+        factor = self.factor
+        return TimeRule(
+            Fraction(factor),
+            lambda counts: counts[0] * factor,
+            lambda j: (j // factor, j // factor),
+        )
+
+    def step(self, args: list[Any], final: bool) -> Any:
+        block = args[0]
+        shape = list(self.shape)
+        shape[self.axis] = block.shape[self.axis] * self.factor
+        if self.axis != 0:
+            shape[0] = block.shape[0]  # any batch size
+        return block.reshape(shape)
+
+
+def _interleaving(node: fx.Node, source: fx.Node, axis: int) -> Optional[Interleave]:
+    """An :class:`Interleave` when ``node`` reshapes ``source`` by merging its time axis with
+    the dims right after it (and nothing else changes); else ``None``."""
+    before, after = list(source.meta["val"].shape), list(node.meta["val"].shape)
+    if time_axis(node) != axis or [int(s) for s in before[:axis]] != [int(s) for s in after[:axis]]:
+        return None
+    for merged in range(1, len(before) - axis):
+        rest = before[axis + 1 + merged :]
+        if len(rest) != len(after) - axis - 1:
+            continue
+        if [int(s) for s in rest] != [int(s) for s in after[axis + 1 :]]:
+            continue
+        factor = math.prod(int(s) for s in before[axis + 1 : axis + 1 + merged])
+        if sympy.simplify(time_length(node) - factor * time_length(source)) == 0:
+            shape = [-1 if i == axis else int(s) for i, s in enumerate(after)]
+            return Interleave(shape, axis, factor)
+    return None
 
 
 class LinearUpsample(Handler):

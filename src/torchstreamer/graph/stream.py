@@ -14,18 +14,21 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, fx, nn
 
-from torchstreamer.base import BaseStream, Stateful
-from torchstreamer.errors import NotStreamableError, StreamInputError
+from torchstreamer.base import BaseStream, Stateful, state_int
+from torchstreamer.errors import NotStreamableError, StreamError, StreamInputError
 from torchstreamer.generated import Source
 from torchstreamer.graph.analysis import refuse, time_axis, time_length
 from torchstreamer.graph.capture import capture
 from torchstreamer.graph.handlers import (
+    Aligned,
     Handler,
+    Interleave,
     LengthPadding,
     ModuleStreamHandler,
     RecurrentHandler,
     Reshape,
     TimeSlice,
+    argument_at,
     build_handler,
 )
 from torchstreamer.graph.leaves import LEAF_OP
@@ -88,7 +91,7 @@ class GraphStream(BaseStream):
                 handlers[node.name] = build_handler(node, leaves)
                 self._timed.add(node.name)
                 if any(n.name in self._symbolic for n in inputs) and not isinstance(
-                    handlers[node.name], (TimeSlice, Reshape, LengthPadding)
+                    handlers[node.name], (TimeSlice, Reshape, LengthPadding, Interleave)
                 ):
                     raise refuse(
                         node, "it uses the length of the signal, which is unknown while streaming"
@@ -160,13 +163,17 @@ class GraphStream(BaseStream):
         while recording every node's blocks, nor when the schedule is off)."""
         if self._record is not None or not self._gated:
             return False
-        if self._schedule is None:
+        schedule = self._schedule_or_none()
+        return schedule is not None and self._seen + length < schedule.next_return(self._seen)
+
+    def _schedule_or_none(self) -> Optional[Schedule]:
+        """The schedule of this stream's returns, made on first use (``None``: off)."""
+        if self._schedule is None and self._gated:
             try:
                 self._schedule = Schedule(self.timing, [o.name for o in self._outputs])
             except ValueError:  # no period within reach: every call runs the layers
                 self._gated = False
-                return False
-        return self._seen + length < self._schedule.next_return(self._seen)
+        return self._schedule
 
     def _keep(self, x: Tensor) -> None:
         """Add ``x`` to the samples that wait for the next call that returns something."""
@@ -460,6 +467,61 @@ class GraphStream(BaseStream):
                 f"but got a block with batch size {x.shape[0]}; finish the signal with "
                 "final=True or call reset() first."
             )
+
+    def _check_state(self, state: dict[str, Tensor]) -> None:
+        """The samples kept for the next call, and every join's and crop's held samples,
+        against what the plan says they are after the samples the layers have taken."""
+        filled, seen = state_int(state, "_filled"), state_int(state, "_seen")
+        schedule = self._schedule_or_none()
+        wait = schedule.longest_wait if schedule is not None else 0
+        found = ""
+        if seen < 0 or not 0 <= filled <= min(seen, wait):
+            found = (
+                f"'_filled' is {filled} and '_seen' {seen}, but at most {wait} samples wait, "
+                "and no more than have come"
+            )
+        elif filled and state["_pending"].shape[self._axis] != wait:
+            found = f"'_pending' has shape {list(state['_pending'].shape)}"
+        taken = seen - filled
+        for name, handler in self.handlers.items():
+            if found:
+                break
+            found = self._held_fits(name, handler, state, taken)
+        if found:
+            raise StreamError(
+                f"The state does not fit the {self._label}: {found}; restore a state that "
+                "get_state() returned for a stream of the same model."
+            )
+
+    def _held_fits(self, name: str, handler: Any, state: dict[str, Tensor], taken: int) -> str:
+        """What is wrong with the samples that a join or crop holds (``""`` if nothing)."""
+        timing = self.timing
+
+        def count(node: str) -> int:
+            return timing.count_at(node, taken)
+
+        def length(key: str, axis: int) -> int:
+            value = state[f"handlers.{name}.{key}"]
+            return 0 if value.dim() <= 1 else int(value.shape[axis])
+
+        node = self._nodes[name]
+        if isinstance(handler, TimeSlice):
+            source = self.timing.inputs[name][0]
+            held = min(handler.right, max(0, count(source) - handler.start))
+            if taken and length("_held", handler.axis) != held:
+                return f"crop {name} holds {length('_held', handler.axis)} samples, not {held}"
+        elif isinstance(handler, Aligned) and len(handler.positions) > 1:
+            for i, (position, axis) in enumerate(zip(handler.positions, handler.axes)):
+                source = argument_at(node.args, position)
+                if not isinstance(source, fx.Node) or source.name not in timing.counts:
+                    continue
+                waiting = count(source.name) - count(name)
+                if length(f"_pending{i}", axis) != waiting:
+                    return (
+                        f"join {name} keeps {length(f'_pending{i}', axis)} samples of its input "
+                        f"{i}, not {waiting}"
+                    )
+        return ""
 
     def reset(self) -> None:
         """Drop the signal in progress."""

@@ -116,6 +116,19 @@ class Timing:
                 )
             horizon *= 2
 
+    def count_at(self, name: str, n: int) -> int:
+        """The samples node ``name`` has returned after ``n`` input samples, for any ``n`` (the
+        counts repeat with the period past the horizon)."""
+        counts = self.counts[name]
+        horizon = counts.numel()
+        if n <= 0:
+            return 0
+        if n <= horizon:
+            return int(counts[n - 1])
+        periods = (n - horizon) // self.period + 1
+        step = self.rates[name] * self.period
+        return int(counts[n - periods * self.period - 1]) + periods * int(step)
+
     # -- figures --------------------------------------------------------------------------
 
     def arrivals(self, name: str) -> Tensor:

@@ -71,7 +71,7 @@ def test_a_graph_stream_refuses_held_samples_that_do_not_fit() -> None:
     assert held, "the residual joins hold samples mid-signal"
     for key, value in held.items():
         broken = {**state, key: value[..., 1:].clone()}
-        with pytest.raises(pts.StreamError, match="keeps|holds|'_pending'"):
+        with pytest.raises(pts.StreamError, match=r"keeps|holds|'_pending'"):
             stream.set_state(broken)
     with pytest.raises(pts.StreamError, match="'_filled'"):
         stream.set_state({**state, "_filled": torch.tensor(10**6)})

@@ -28,6 +28,7 @@ from torchstreamer.plan.rules import (
     same_step,
     slowest,
     stream_rule,
+    upsampling,
 )
 from torchstreamer.streams.conv import Conv1dStream, ConvTranspose1dStream
 from torchstreamer.streams.padding import Pad1dStream
@@ -606,12 +607,7 @@ class NearestUpsample(Handler):
         self.factor, self.axis = factor, axis
 
     def rule(self) -> TimeRule:
-        factor = self.factor
-        return TimeRule(
-            Fraction(factor),
-            lambda counts: counts[0] * factor,
-            lambda j: (j // factor, j // factor),
-        )
+        return upsampling(self.factor)
 
     def step(self, args: list[Any], final: bool) -> Any:
         return torch.repeat_interleave(args[0], self.factor, dim=self.axis)
@@ -679,12 +675,7 @@ class Interleave(Handler):
         self.shape, self.axis, self.factor = shape, axis, factor
 
     def rule(self) -> TimeRule:
-        factor = self.factor
-        return TimeRule(
-            Fraction(factor),
-            lambda counts: counts[0] * factor,
-            lambda j: (j // factor, j // factor),
-        )
+        return upsampling(self.factor)
 
     def step(self, args: list[Any], final: bool) -> Any:
         block = args[0]

@@ -36,6 +36,7 @@ __all__ = [
     "same_step",
     "slowest",
     "stream_rule",
+    "upsampling",
 ]
 
 
@@ -73,6 +74,14 @@ def slowest(counts: list[Any]) -> Any:
 
 
 PER_STEP = TimeRule(Fraction(1), first_count, same_step)
+
+
+def upsampling(factor: int) -> TimeRule:
+    """The rule of an op that turns each input step into ``factor`` output steps (nearest
+    upsampling, a view that interleaves time): output ``j`` reads input ``j // factor``."""
+    return TimeRule(
+        Fraction(factor), lambda counts: counts[0] * factor, lambda j: (j // factor, j // factor)
+    )
 
 
 def chain(rules: list[TimeRule]) -> TimeRule:

@@ -152,7 +152,7 @@ def transposed_carry(
     span = conv_span(kernel, dilation)
     most = 0
     for n in range(1, (padding + span) // stride + 4):
-        end = min(n * stride, (n - 1) * stride + span + output_padding - padding)
+        end = padding + transposed_ready(n, span, stride, padding, output_padding)
         emitted = end if end > padding else 0
         most = max(most, (n - 1) * stride + span - emitted)
     return most

@@ -208,3 +208,19 @@ def test_transposed_convolution_computes_each_input_once(monkeypatch: pytest.Mon
         assert sum(seen) == 30
         monkeypatch.setattr(F, "conv_transpose1d", original)
         assert_matches(y, conv(x))
+
+
+@pytest.mark.parametrize("stride", [1, 2, 5])
+@pytest.mark.parametrize(("padding", "output_padding"), [(0, 0), (3, 1), (1, 0)])
+def test_transposed_stream_returns_what_the_time_rule_says(
+    stride: int, padding: int, output_padding: int
+) -> None:
+    """The stream's own (scriptable) count is the plan's: time.transposed_ready."""
+    from torchstreamer.time import transposed_ready
+
+    output_padding = min(output_padding, stride - 1)
+    conv = nn.ConvTranspose1d(1, 1, 4, stride, padding, output_padding)
+    stream = pts.ConvTranspose1dStream(conv, "model")
+    for n in range(0, 40):
+        ready = stream._ready_end(n) - stream._crop
+        assert ready == transposed_ready(n, stream._span, stride, padding, output_padding)

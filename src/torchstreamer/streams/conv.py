@@ -249,7 +249,7 @@ class ConvTranspose1dStream(LeafStream):
                 "samples is at least 0; restore a state that get_state() returned for a stream "
                 "of the same model."
             )
-        end = min(seen * self._stride, self._full_end(seen)) if seen > 0 else 0
+        end = self._ready_end(seen)
         emitted = end if end > self._crop else 0
         fill = (seen - 1) * self._stride + self._span - emitted if seen > 0 else 0
         return {"_fill": fill, "_seen": seen, "_emitted": emitted}
@@ -258,6 +258,12 @@ class ConvTranspose1dStream(LeafStream):
         self._fill = 0
         self._seen = 0
         self._emitted = 0
+
+    def _ready_end(self, n: int) -> int:
+        """End (exclusive, in unpadded output positions) of the outputs that ``n`` inputs
+        complete while the signal goes on. :func:`torchstreamer.time.transposed_ready` is the
+        definition; this is its scriptable form for one count (the plan tests hold them equal)."""
+        return max(self._crop, min(n * self._stride, self._full_end(n))) if n > 0 else self._crop
 
     def _full_end(self, n: int) -> int:
         """End (exclusive, in unpadded output positions) of the outputs of an n-sample signal."""
@@ -289,7 +295,7 @@ class ConvTranspose1dStream(LeafStream):
                 sums = z
         else:
             sums = self._carry[:, :, : self._fill]
-        end = self._full_end(total) if final else min(total * self._stride, self._full_end(total))
+        end = self._full_end(total) if final else self._ready_end(total)
         start = max(first, self._crop)
         y: Optional[Tensor] = None
         if end > start:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from fractions import Fraction
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, fx, nn
@@ -33,6 +33,9 @@ from torchstreamer.graph.handlers import (
 )
 from torchstreamer.graph.leaves import LEAF_OP
 from torchstreamer.plan.timing import Schedule, Timing, graph_timing
+
+if TYPE_CHECKING:
+    from torchstreamer.step.blocks import StepStream
 
 __all__ = ["GraphStream", "stream"]
 
@@ -126,6 +129,48 @@ class GraphStream(BaseStream):
         self._output_axes = [time_axis(o) for o in self._outputs]
         # generated on first use: the call, and the same call recording every streamed block
         self._runs: dict[bool, Callable[..., list[Any]]] = {}
+        # the generated frame code, when it runs this model exactly (step.engine); else None
+        self._engine: Optional[StepStream] = None
+        self._engine_rows = int(example.shape[0]) if self._axis != 0 else -1
+        self._engine_refusal = ""
+        self._engine_on = True  # tests turn the engine off to check the interpreter
+        self._build_engine(example)
+
+    def _build_engine(
+        self, example: Tensor, check: bool = True, phase: Optional[int] = None
+    ) -> None:
+        from torchstreamer.step.engine import frame_engine  # the engine builds on this module
+
+        engine, why = frame_engine(self, example, check, phase)
+        self._engine = engine
+        self._engine_refusal = "" if engine is not None else why
+        self._engine_what = why if engine is not None else ""
+
+    @property
+    def engine(self) -> str:
+        """What runs this stream: ``"frames of N samples"`` (the generated frame code) or
+        ``"interpreter: <why the frame code cannot run the model>"`` (one handler per node)."""
+        if self._uses_engine():
+            return self._engine_what
+        return f"interpreter: {self._engine_refusal or 'the frame engine is off'}"
+
+    def _uses_engine(self) -> bool:
+        return self._engine is not None and self._engine_on and self._record is None
+
+    def _engine_for_rows(self, rows: int) -> None:
+        """Rebuild the frame code for a new signal of ``rows`` batch rows (its state and
+        shapes are built for one batch size)."""
+        shape = list(self._example_shape)
+        shape[0] = rows
+        reference = next(iter(self.model.parameters()), None)
+        example = torch.zeros(
+            shape,
+            dtype=reference.dtype if reference is not None else self._example_dtype,
+            device=reference.device if reference is not None else None,
+        )
+        phase = self._engine._phase if self._engine is not None else None
+        self._build_engine(example, check=False, phase=phase)
+        self._engine_rows = rows
 
     def _source(self, name: str) -> Tensor:
         target = self._sources[name]
@@ -142,6 +187,8 @@ class GraphStream(BaseStream):
         """Stream one block; return the outputs it completes (a tuple for several outputs), or
         ``None`` when it completes none. ``final=True`` ends the signal."""
         self._check_block(x)
+        if self._uses_engine():
+            return self._engine_forward(x, final)
         length = x.shape[self._axis]
         if not final and self._waits(length):
             self._keep(x)  # no output can come yet: run nothing, keep the samples
@@ -157,6 +204,20 @@ class GraphStream(BaseStream):
         if all(y.shape[a] == 0 for y, a in zip(results, self._output_axes)):
             return None
         return results[0] if len(results) == 1 else tuple(results)
+
+    def _engine_forward(
+        self, x: Tensor, final: bool
+    ) -> Optional[Union[Tensor, tuple[Tensor, ...]]]:
+        rows = int(x.shape[0]) if self._axis != 0 else -1
+        if self._batch < 0 and rows != self._engine_rows:
+            self._engine_for_rows(rows)
+        engine = self._engine
+        if engine is None:  # the frame code does not fit this batch size: interpret
+            self._engine_refusal = f"for {rows} batch rows, {self._engine_refusal}"
+            return self.forward(x, final)
+        y = engine(x, final)
+        self._batch = -1 if final else rows
+        return y
 
     def _waits(self, length: int) -> bool:
         """Whether ``length`` more samples complete no output, by the plan's schedule (not
@@ -523,11 +584,73 @@ class GraphStream(BaseStream):
                     )
         return ""
 
+    def get_state(self) -> dict[str, Tensor]:
+        """The state as tensors, keyed by name (see :meth:`BaseStream.get_state`); with the frame
+        engine, its state under ``engine.`` and the batch size it is built for."""
+        if not self._uses_engine():  # the handlers' state (the engine's is not in use)
+            return {k: v for k, v in super().get_state().items() if not k.startswith("_engine.")}
+        engine = self._engine
+        assert engine is not None
+        state = {f"engine.{k}": v for k, v in engine.get_state().items()}
+        state["_batch"] = torch.tensor(self._batch)
+        state["_rows"] = torch.tensor(self._engine_rows)
+        return state
+
+    def set_state(self, state: dict[str, Tensor]) -> None:
+        """Restore a state from :meth:`get_state`; nothing changes when it does not fit.
+
+        Raises:
+            StreamError: the state does not fit this stream.
+        """
+        if not self._uses_engine():
+            super().set_state(state)
+            return
+        engine = self._engine
+        assert engine is not None
+        own = {"_batch", "_rows"} | {f"engine.{k}" for k in engine.get_state()}
+        if set(state) - {k for k in state if k.startswith("engine.")} != {"_batch", "_rows"}:
+            raise StreamError(
+                f"The state does not fit this stream: missing {sorted(own - set(state))}, "
+                f"unexpected {sorted(set(state) - own)}."
+            )
+        for key in ("_batch", "_rows"):
+            value = state[key]
+            if value.dim() != 0 or value.dtype != torch.int64:
+                raise StreamError(
+                    f"State '{key}' is a counter and must be a 0-d int64 tensor but is a "
+                    f"{value.dtype} tensor shaped {list(value.shape)}."
+                )
+        batch, rows = state_int(state, "_batch"), state_int(state, "_rows")
+        if (self._axis != 0 and rows < 1) or batch not in (-1, rows):
+            raise StreamError(
+                f"The state does not fit the {self._label}: '_batch' is {batch} and '_rows' "
+                f"{rows}; restore a state that get_state() returned for a stream of the same "
+                "model."
+            )
+        kept = (engine, self._engine_rows)
+        try:
+            if rows != self._engine_rows:
+                self._engine_for_rows(rows)
+            if self._engine is None:
+                raise StreamError(
+                    f"The state is for {rows} batch rows, which the {self._label} runs only on "
+                    f"its interpreter: {self._engine_refusal}."
+                )
+            self._engine.set_state(
+                {k[len("engine.") :]: v for k, v in state.items() if k.startswith("engine.")}
+            )
+        except StreamError:
+            self._engine, self._engine_rows = kept
+            raise
+        self._batch = batch
+
     def reset(self) -> None:
         """Drop the signal in progress."""
         self._batch = -1
         self._filled = 0
         self._seen = 0
+        if self._engine is not None:
+            self._engine.reset()
         for handler in self.handlers.values():
             handler.reset()  # type: ignore[operator]
 

@@ -75,7 +75,12 @@ class StepStream(BaseStream):
         self._after = torch.Size(shape[step.axis + 1 :])
         pending = torch.zeros(shape, dtype=step._dtype or torch.float32, device=step._device)
         self.register_buffer("_pending", pending, persistent=False)
-        self._filled = 0
+        # a lagging frame model may start its first frame with samples from before the signal
+        self._phase = getattr(step, "phase", 0)
+        self._filled = self._phase
+        # values from before the signal that a lagging model still returns first, per output
+        self._skips = list(step.skips)
+        self._dropping = list(self._skips)
 
     def forward(self, x: Tensor, final: bool = False) -> Optional[Outputs]:  # type: ignore[override]
         """Stream one block; return the outputs it completes, or ``None``. ``final=True`` ends
@@ -115,11 +120,27 @@ class StepStream(BaseStream):
             pending.narrow(axis, 0, rest).copy_(x.narrow(axis, start + whole, rest))
             filled = rest
         self._filled = filled
+        joined: Optional[Outputs] = None
+        if results:
+            joined = results[0] if len(results) == 1 else _join(results, self.step.output_axes)
+            if any(self._dropping):
+                joined = self._drop(joined)
         if final:
             self.reset()
-        if not results:
+        return joined
+
+    def _drop(self, outputs: Outputs) -> Optional[Outputs]:
+        """``outputs`` without the values from before the signal that a lagging model returns
+        first (``None`` if nothing is left)."""
+        parts = list(outputs) if isinstance(outputs, tuple) else [outputs]
+        for i, (part, axis) in enumerate(zip(parts, self.step.output_axes)):
+            drop = min(self._dropping[i], part.shape[axis])
+            if drop:
+                parts[i] = part.narrow(axis, drop, part.shape[axis] - drop)
+                self._dropping[i] -= drop
+        if all(p.shape[a] == 0 for p, a in zip(parts, self.step.output_axes)):
             return None
-        return results[0] if len(results) == 1 else _join(results, self.step.output_axes)
+        return tuple(parts) if isinstance(outputs, tuple) else parts[0]
 
     def _run(self, frames: Tensor) -> Outputs:
         step = self.step
@@ -157,13 +178,18 @@ class StepStream(BaseStream):
 
     def reset(self) -> None:
         """Drop the signal in progress: the partial frame and the step model's state."""
-        self._filled = 0
+        self._filled = self._phase
+        if self._phase:
+            self._held().narrow(self._axis, 0, self._phase).zero_()
+        self._dropping = list(self._skips)
         self.step.reset()
 
     def get_state(self) -> dict[str, Tensor]:
         """The pending samples, their count and the step model's state (see
         :meth:`StepModel.snapshot`), keyed by name."""
         state = {"_pending": self._held().clone(), "_filled": torch.tensor(self._filled)}
+        if any(self._skips):
+            state["_dropping"] = torch.tensor(self._dropping)
         state.update({f"step.{k}": v for k, v in self.step.snapshot().items()})
         return state
 
@@ -174,6 +200,8 @@ class StepStream(BaseStream):
             StreamError: the state does not fit this stream.
         """
         own = {"_pending", "_filled"} | {f"step.{n}" for n in self.step.state_names}
+        if any(self._skips):
+            own.add("_dropping")
         if set(state) != own:
             raise StreamError(
                 f"The state does not fit this stream: missing {sorted(own - set(state))}, "
@@ -199,10 +227,27 @@ class StepStream(BaseStream):
         filled = int(counter.item())
         if not 0 <= filled < self._frame:
             raise StreamError(f"State '_filled' must be in [0, {self._frame}) but is {filled}.")
+        dropping = self._dropping
+        if any(self._skips):
+            dropping = _dropping(state["_dropping"], self._skips)
         self.step.restore({k[len("step.") :]: v for k, v in state.items() if k.startswith("step.")})
+        self._dropping = dropping
         with torch.no_grad():
             own_pending.copy_(pending)
         self._filled = filled
+
+
+def _dropping(value: Tensor, skips: list[int]) -> list[int]:
+    """The counters of values still to drop, from a state (checked against ``skips``)."""
+    if value.dtype != torch.int64 or list(value.shape) != [len(skips)]:
+        raise StreamError(
+            f"State '_dropping' must be an int64 tensor shaped [{len(skips)}] but is a "
+            f"{value.dtype} tensor shaped {list(value.shape)}."
+        )
+    counts = [int(v) for v in value.tolist()]
+    if any(not 0 <= c <= s for c, s in zip(counts, skips)):
+        raise StreamError(f"State '_dropping' must count down from {skips} but is {counts}.")
+    return counts
 
 
 def _join(results: list[Outputs], axes: tuple[int, ...]) -> Outputs:

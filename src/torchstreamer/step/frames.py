@@ -73,9 +73,24 @@ def _tail(start: int, stop_from_end: int) -> tuple[Any, ...]:
 
 
 class _FrameBuilder(_Builder):
-    def __init__(self, source: GraphStream, example: Tensor, frame: int) -> None:
+    def __init__(
+        self,
+        source: GraphStream,
+        example: Tensor,
+        frame: int,
+        lookahead: bool = False,
+        phase: int = 0,
+    ) -> None:
         super().__init__(source, example)
         self.frame = frame
+        # the first frame starts `phase` samples before the signal, so that frames end where
+        # windows end (a stride-2 window of 1 tap is complete after samples 1, 3, 5...)
+        self.phase = phase
+        self.input_offset = -phase
+        # lookahead: a node may lag its input (negative offset): its first frame positions then
+        # hold values from before the signal, which nothing may read (see lagging())
+        self.lookahead = lookahead
+        self.restore: dict[str, Any] = {}  # env entries that a join replaced by delayed values
 
     # -- analysis -------------------------------------------------------------------------
 
@@ -102,7 +117,8 @@ class _FrameBuilder(_Builder):
             if not count:
                 continue
             arrivals = self.source.timing.arrivals(output.name)
-            ends = self.frame * (torch.arange(arrivals.numel()) // count + 1)
+            positions = torch.arange(arrivals.numel()) - self.offset[output.name]
+            ends = self.frame * (positions // count + 1) - self.phase
             held = max(held, int((ends - arrivals).max()) if arrivals.numel() else 0)
         return held
 
@@ -110,11 +126,11 @@ class _FrameBuilder(_Builder):
         """Whether the offline model returns nothing for the samples after the last whole frame
         (so that a stream may drop them when the signal ends)."""
         for output in self.source._outputs:
-            count = self.per_frame(output)
+            count, offset = self.per_frame(output), self.offset[output.name]
             length = time_length(output)
-            for rest in range(self.frame):
-                samples = 5 * self.frame + rest
-                if int(length.subs(self.symbol, samples)) != 5 * count:
+            for samples in range(5 * self.frame, 6 * self.frame):
+                frames = (samples + self.phase) // self.frame
+                if int(length.subs(self.symbol, samples)) != frames * count + offset:
                     return False
         return True
 
@@ -133,19 +149,20 @@ class _FrameBuilder(_Builder):
                     "padding that reaches the output)",
                     "crop them in the model, or " + _STREAM_REMEDY,
                 )
-            if offset < 0:
+            if offset < 0 and not self.lookahead:
                 raise refuse(
                     output,
                     f"the model's output at time t depends on inputs up to t + {-offset} "
                     f"({_lookahead(-offset)}: a crop at the start)",
                     _STREAM_REMEDY,
                 )
-            length = int(time_length(output).subs(self.symbol, 4 * self.frame))
-            if length != 4 * count:
+            length = int(time_length(output).subs(self.symbol, 4 * self.frame - self.phase))
+            if length != 4 * count + offset:
                 raise refuse(
                     output,
                     f"for 4 frames of {self.frame} samples the model returns {length} samples, "
-                    f"{length - 4 * count} more than {count} per frame: samples that the end of "
+                    f"{length - 4 * count - offset} more than {count} per frame: samples that "
+                    "the end of "
                     "the signal adds (right padding, a transposed convolution's overlap, a "
                     "window centred on its output), which a frame never computes",
                     _STREAM_REMEDY,
@@ -158,15 +175,68 @@ class _FrameBuilder(_Builder):
         for unused in reversed(list(self.graph.nodes)):  # transposes that swap() made redundant
             if unused.op == "call_method" and unused.target == "transpose" and not unused.users:
                 self.graph.erase_node(unused)
-        shape = list(source._example_shape)
+        shape = list(self.values[source._input.name].shape)  # the example's, batch included
         shape[source._axis] = self.frame
         return StepGraph(
             self.graph, self.root, self.states, len(outputs), axes, shape,
             frame=self.frame, held_back=self.held_back(),
             drops_partial_frames=self.drops_partial_frames(),
+            skips=[-self.offset[o.name] for o in source._outputs], phase=self.phase,
         )  # fmt: skip
 
     def frame_node(self, node: fx.Node) -> None:
+        try:
+            self.frame_op(node)
+        finally:  # the delayed values of a join were for this node only
+            self.env.update(self.restore)
+            self.restore.clear()
+
+    def joined_offset(self, node: fx.Node) -> tuple[int, list[fx.Node]]:
+        """With lookahead, inputs that are ahead of the others are delayed to line up (a join
+        of a lagging branch with its skip connection); otherwise as for one-sample steps."""
+        timed = [n for n in node.all_input_nodes if n.name in self.offset]
+        offsets = {self.offset[n.name] for n in timed}
+        if not self.lookahead or len(offsets) < 2:
+            return super().joined_offset(node)
+        target = min(offsets)
+        for source in timed:
+            shift = self.offset[source.name] - target
+            if shift and source.name not in self.restore:
+                self.restore[source.name] = self.env[source.name]
+                self.env[source.name] = self.delayed(node, source, shift)
+        self.offset[node.name] = target
+        return target, timed
+
+    def delayed(self, node: fx.Node, source: fx.Node, shift: int) -> fx.Node:
+        """The values of ``source`` ``shift`` positions later: a state holds the last ``shift``
+        (at first: values from before the signal, zeros where nothing reads them)."""
+        axis = time_axis(source)
+        assert axis is not None
+        full, own = self.values[source.name], self.offset[source.name]
+        shape = list(full.shape)
+        shape[axis] = max(0, shift - max(own, 0))
+        initial = full.new_zeros(shape)
+        if own > 0:
+            initial = torch.cat([initial, self.prehistory(source, own)], axis)
+        initial = initial.narrow(axis, initial.shape[axis] - shift, shift)
+        held = self.state(node, "delay", initial)
+        window = self.call(torch.cat, [held, self.env[source.name]], axis)
+        before = (slice(None),) * axis
+        self.update(held, self.call(operator.getitem, window, (*before, slice(-shift, None))))
+        return self.call(operator.getitem, window, (*before, slice(None, -shift)))
+
+    def lagging(self, node: fx.Node, offset: int, why: str) -> None:
+        """Refuse ``node`` if its input lags (its first positions hold values from before the
+        signal, which are not zeros) and the node would read them: ``why`` says how."""
+        if offset < 0:
+            raise refuse(
+                node,
+                f"it {why}, but its input lags the signal by {_samples(-offset)} (a window without "
+                "left padding before it), so those values are not there when the frames start",
+                _STREAM_REMEDY,
+            )
+
+    def frame_op(self, node: fx.Node) -> None:
         handler = self.source.handlers[node.name]
         offset, timed = self.joined_offset(node)
         if time_axis(node) is not None:
@@ -182,10 +252,12 @@ class _FrameBuilder(_Builder):
             self.module_window(node, module, offset)
             self.env[node.name] = [self.env[node.name]]
         elif isinstance(handler, RecurrentHandler):
+            self.lagging(node, offset, "carries a state from the start of the signal")
             self.recurrent(node, handler.rnn, offset)
         elif isinstance(handler, ModuleStreamHandler):
             self.module_window(node, handler.holder, offset)
         elif isinstance(handler, Concatenation):  # values before the signal, as padding
+            self.lagging(node, offset, "pads the start of the signal")
             self.prehistory(node, offset + handler.before)
             self.env[node.name] = self.env[source.name]
             self.offset[node.name] = offset + handler.before
@@ -193,6 +265,7 @@ class _FrameBuilder(_Builder):
             self.env[node.name] = self.env[source.name]
             self.offset[node.name] = offset - handler.start
         elif isinstance(handler, RunningSum):
+            self.lagging(node, offset, "sums from the start of the signal")
             self.running_sum(node, source, offset)
         elif isinstance(handler, Reshape):
             sizes = node.meta["val"].shape  # (int() of the time length would fix it)
@@ -273,6 +346,8 @@ class _FrameBuilder(_Builder):
     def module_window(self, node: fx.Node, module: nn.Module, offset: int) -> None:
         source = node.args[0]
         assert isinstance(source, fx.Node)
+        if isinstance(module, (nn.ConstantPad1d, nn.ReflectionPad1d, nn.ReplicationPad1d)):
+            self.lagging(node, offset, "pads the start of the signal")
         if self.padded(node, module, source, offset):
             return
         if isinstance(module, (nn.AvgPool1d, nn.MaxPool1d)):
@@ -303,7 +378,7 @@ class _FrameBuilder(_Builder):
         before the frame (at first: zeros for padding, then the input's values before the
         signal) and is written back from the window's tail."""
         full = self.values[source.name]
-        before = self.prehistory(source, offset) if offset else None
+        before = self.prehistory(source, offset) if offset > 0 else None
         zeros = full.new_zeros([*full.shape[:-1], max(0, keep - offset)])
         initial = zeros if before is None else torch.cat([zeros, before], -1)
         held = self.state(node, "window", initial[..., initial.shape[-1] - keep :])
@@ -332,9 +407,11 @@ class _FrameBuilder(_Builder):
         by the frame's end; the window's start then lies ``keep`` samples before the frame.
         """
         span = dilation * (kernel - 1) + 1
+        if pad:
+            self.lagging(node, offset, "pads the start of the signal with zeros")
         available = offset + pad
         out_offset = (available + stride - span) // stride
-        if out_offset < 0:
+        if out_offset < 0 and not self.lookahead:
             ahead = span - stride - available
             raise refuse(
                 node,
@@ -431,8 +508,10 @@ class _FrameBuilder(_Builder):
         stride, kernel = int(module.stride[0]), int(module.kernel_size[0])
         dilation, pad = int(module.dilation[0]), int(module.padding[0])
         span = dilation * (kernel - 1) + 1
+        if span > stride:
+            self.lagging(node, offset, "adds each input to outputs that earlier inputs reach")
         out_offset = stride * offset - pad
-        if out_offset < 0:
+        if out_offset < 0 and not self.lookahead:
             raise refuse(
                 node,
                 f"its padding ({pad}) crops outputs of the signal's first input samples, so "
@@ -467,6 +546,19 @@ class _FrameBuilder(_Builder):
         self.env[node.name] = y
 
 
-def build_frame_graph(source: GraphStream, example: Tensor, frame: int) -> StepGraph:
-    """Rewrite the graph of ``source`` to run frames of ``frame`` input samples (module doc)."""
-    return _FrameBuilder(source, example, frame).build()
+def build_frame_graph(
+    source: GraphStream, example: Tensor, frame: int, lookahead: bool = False, phase: int = 0
+) -> StepGraph:
+    """Rewrite the graph of ``source`` to run frames of ``frame`` input samples (module doc).
+
+    With ``lookahead``, outputs may lag the input (windows without left padding): the graph
+    then returns values from before the signal first, ``StepGraph.skips`` of each output, which
+    the caller drops. With ``phase``, the first frame also takes ``phase`` samples from before
+    the signal (the caller feeds them; they only reach values that are dropped)."""
+    if phase and not lookahead:
+        raise ValueError("a phase lags the input: it needs lookahead=True")
+    return _FrameBuilder(source, example, frame, lookahead, phase).build()
+
+
+def _samples(count: int) -> str:
+    return f"{count} sample{'s' if count != 1 else ''}"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import operator
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 import sympy
@@ -107,6 +107,9 @@ class StepGraph:
     frame: Optional[int] = None  # input samples per call; None: one, without a time axis
     held_back: int = 0  # input samples by which a frame may hold an output back
     drops_partial_frames: bool = True  # whether the model drops samples after the last frame
+    # per output: values from before the signal that come first (a lagging frame graph)
+    skips: list[int] = field(default_factory=list)
+    phase: int = 0  # input samples from before the signal that the first frame starts with
 
 
 class _Value:
@@ -141,6 +144,7 @@ class _Builder:
         self.offset: dict[str, int] = {}
         self.fallback_lists: set[str] = set()
         self.constants = 0
+        self.input_offset = 0  # where the input's first sample sits (frames: -phase)
         with torch.no_grad():
             self.values = source.offline_values(example)
             generator = torch.Generator().manual_seed(1)
@@ -238,7 +242,7 @@ class _Builder:
         for node in source._graph.nodes:
             if node.op == "placeholder":
                 if node is source._input:
-                    self.env[node.name], self.offset[node.name] = self.x, 0
+                    self.env[node.name], self.offset[node.name] = self.x, self.input_offset
                 else:
                     self.env[node.name] = _Value(self.values[node.name])
             elif node.op == "call_function":

@@ -77,6 +77,10 @@ class StepModel(nn.Module):
         self.frame: Optional[int] = step.frame
         self.held_back = step.held_back
         self.drops_partial_frames = step.drops_partial_frames
+        # per output: how many values from before the signal come first (a lagging frame model,
+        # built for torchstreamer.stream; StepStream drops them)
+        self.skips: tuple[int, ...] = tuple(step.skips) or (0,) * step.outputs
+        self.phase = step.phase  # samples from before the signal that the first frame takes
         self.state_names: tuple[str, ...] = tuple(spec.name for spec in step.states)
         self.output_axes: tuple[int, ...] = tuple(step.output_axes)
         self.layers: tuple[str, ...] = tuple(spec.layer for spec in step.states)

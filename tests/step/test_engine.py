@@ -1,0 +1,194 @@
+"""The frame engine behind `stream()`: lagging windows, joins that wait, state, batches."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+import torchstreamer as pts
+from tests.conftest import assert_matches, block_sizes, fewer, run_stream, split_lengths
+from torchstreamer.examples import models as examples
+
+
+class ValidStack(nn.Module):
+    """Windows without padding (the seed's semantics), strided and dilated, with a gate."""
+
+    def __init__(self, kernels: list[int], strides: list[int], dilations: list[int]) -> None:
+        super().__init__()
+        channels = [2, 3, 4, 3]
+        self.convs = nn.ModuleList(
+            nn.Conv1d(channels[i], channels[i + 1], k, stride=s, dilation=d)
+            for i, (k, s, d) in enumerate(zip(kernels, strides, dilations))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            y = conv(x)
+            x = torch.tanh(y) * torch.sigmoid(y.mean(1, keepdim=True) + 1)
+        return x
+
+
+class CentredSkip(nn.Module):
+    """A valid window joined with its input cropped on both sides: the input is one sample
+    ahead of the window, so the join delays it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 2, 3)
+        self.up = nn.ConvTranspose1d(2, 2, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.gelu(self.conv(x)) + x[..., 1:-1]
+        return self.up(y)
+
+
+class PaddedAfterValid(nn.Module):
+    """Zero padding after a valid window: the padding's zeros fall where the lagging frames
+    hold values from before the signal, so the interpreter runs it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.valid = nn.Conv1d(1, 2, 3)
+        self.same = nn.Conv1d(2, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.same(torch.relu(self.valid(x)))
+
+
+def returned_counts(stream: pts.GraphStream, x: torch.Tensor, lengths: list[int]) -> list[int]:
+    counts, total, start = [], 0, 0
+    for length in lengths:
+        y = stream(x[..., start : start + length])
+        start += length
+        total += 0 if y is None else y.shape[-1]
+        counts.append(total)
+    stream.reset()
+    return counts
+
+
+@fewer(25)
+@given(
+    layers=st.lists(
+        st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 3)), min_size=1, max_size=3
+    ),
+    sizes=block_sizes(),
+    batch=st.integers(1, 3),
+    length=st.integers(0, 90),
+)
+def test_valid_windows_run_on_the_engine_exactly(
+    layers: list[tuple[int, int, int]], sizes: list[int], batch: int, length: int
+) -> None:
+    kernels, strides, dilations = (list(v) for v in zip(*layers))
+    model = ValidStack(kernels, strides, dilations).eval()
+    stream = pts.stream(model, torch.randn(2, 2, 96))
+    assert stream.engine.startswith("frames of"), stream.engine
+    x = torch.randn(batch, 2, length)
+    with torch.no_grad():
+        expected = model(x) if length >= _span(kernels, strides, dilations) else None
+        y = run_stream(stream, x, split_lengths(length, sizes))
+    if expected is None:
+        assert y is None
+    else:
+        assert_matches(y, expected)
+
+
+def _span(kernels: list[int], strides: list[int], dilations: list[int]) -> int:
+    """The shortest input that gives the stack one output."""
+    need = 1
+    for k, s, d in reversed(list(zip(kernels, strides, dilations))):
+        need = (need - 1) * s + d * (k - 1) + 1
+    return need
+
+
+@pytest.mark.parametrize(
+    ("make", "channels"),
+    [(CentredSkip, 2), (examples.seed_residual, 1), (examples.seed_sequential, 1)],
+)
+@fewer(15)
+@given(data=st.data())
+def test_joins_and_rate_changes_return_each_output_when_it_is_complete(
+    make, channels: int, data: st.DataObject
+) -> None:
+    """Exact, and every call returns what the plan says its samples complete: never later."""
+    model = make().eval()
+    stream = pts.stream(model, torch.randn(1, channels, 64))
+    assert stream.engine.startswith("frames of"), stream.engine
+    lengths = data.draw(
+        st.lists(st.integers(0, 9), min_size=1, max_size=30).filter(lambda n: sum(n) >= 8)
+    )
+    x = torch.randn(1, channels, sum(lengths))
+    counts = stream.timing.counts[stream._outputs[0].name]
+    expected = [int(counts[end - 1]) if end else 0 for end in torch.tensor(lengths).cumsum(0)]
+    with torch.no_grad():
+        assert returned_counts(stream, x, lengths) == expected
+        assert_matches(run_stream(stream, x, lengths), model(x))
+
+
+def test_a_model_the_frames_cannot_run_streams_on_the_interpreter_and_says_why() -> None:
+    model = PaddedAfterValid().eval()
+    stream = pts.stream(model, torch.randn(1, 1, 32))
+    assert stream.engine.startswith("interpreter:")
+    assert "'same'" in stream.engine
+    assert "lags the signal by 2 samples" in stream.engine
+    x = torch.randn(1, 1, 50)
+    with torch.no_grad():
+        assert_matches(run_stream(stream, x, [1, 0, 7, 3]), model(x))
+
+
+def test_the_engine_state_continues_in_a_copy_a_twin_and_a_pickle() -> None:
+    model = CentredSkip().eval()
+    x = torch.randn(2, 2, 61)
+    stream = pts.stream(model, x)
+    with torch.no_grad():
+        expected = model(x)
+        head = stream(x[..., :9])
+        state = stream.get_state()
+        assert int(state["_batch"]) == 2
+        assert "engine._dropping" in state
+        twin = pts.stream(model, torch.randn(1, 2, 32))  # built for another batch size
+        twin.set_state(state)
+        copied = copy.deepcopy(stream)
+        loaded = pickle.loads(pickle.dumps(stream))
+        for other in (stream, twin, copied, loaded):
+            tail = other(x[..., 9:], final=True)
+            assert_matches(torch.cat([head, tail], -1), expected)
+
+
+def test_a_state_that_does_not_fit_the_engine_changes_nothing() -> None:
+    model = CentredSkip().eval()
+    x = torch.randn(1, 2, 40)
+    stream = pts.stream(model, x)
+    with torch.no_grad():
+        head = stream(x[..., :5])
+    state = stream.get_state()
+    broken = [
+        {**state, "engine._dropping": torch.tensor([7])},
+        {**state, "_rows": torch.tensor(0)},
+        {**state, "_batch": torch.tensor(3)},
+        {k: v for k, v in state.items() if k != "engine._filled"},
+    ]
+    for bad in broken:
+        with pytest.raises(pts.StreamError):
+            stream.set_state(bad)
+        after = stream.get_state()
+        assert after.keys() == state.keys()
+        assert all(torch.equal(after[k], v) for k, v in state.items())
+    with torch.no_grad():
+        assert_matches(torch.cat([head, stream(x[..., 5:], final=True)], -1), model(x))
+
+
+def test_each_signal_may_have_its_own_batch_size() -> None:
+    model = examples.seed_residual().eval()
+    stream = pts.stream(model, torch.randn(1, 1, 64))
+    with torch.no_grad():
+        for batch in (3, 1, 2):
+            x = torch.randn(batch, 1, 40)
+            assert_matches(run_stream(stream, x, [1, 5, 0, 2]), model(x))
+            assert stream.engine.startswith("frames of")

@@ -59,7 +59,7 @@ def frame_engine(
 
     try:
         frame = minimal_frame(source)
-        phases = [phase] if phase is not None else range(min(frame, _PHASES))
+        phases = [phase] if phase is not None else _phases(source, frame)
         first: Optional[Exception] = None
         for start in phases:
             try:
@@ -84,6 +84,17 @@ def frame_engine(
     return engine, f"frames of {frame} samples" + (
         f", from {start} before the signal" if start else ""
     )
+
+
+def _phases(source: GraphStream, frame: int) -> list[int]:
+    """The frame phases worth trying, best first: 0, then those that end a frame where an
+    output completes (the plan's arrivals), then the rest, at most ``_PHASES``."""
+    candidates = [0]
+    for output in source._outputs:
+        arrivals = source.timing.arrivals(output.name)[: 4 * frame]
+        candidates += [(-int(a)) % frame for a in arrivals]
+    candidates += range(frame)
+    return list(dict.fromkeys(candidates))[:_PHASES]
 
 
 def _reproduces(engine: StepStream, source: GraphStream, example: Tensor) -> bool:

@@ -55,6 +55,45 @@ from torchstreamer.step.rewrite import (
 __all__ = ["build_frame_graph", "minimal_frame"]
 
 _LAST = (Ellipsis,)  # index prefix that reaches the last (time) axis of a window op
+_ALL = slice(None)
+# from this many outputs on, a convolution runs one product per tap over shifted views of the
+# time-major window (no copy of the taps); below, one product over the unfolded taps
+_SHIFTED_FROM = 64
+
+
+def window_product(
+    rows: Tensor, taps: Tensor, bias: Optional[Tensor], stride: int, dilation: int
+) -> Tensor:
+    """A convolution without padding over time-major rows: output ``j`` is
+    ``sum_m rows[j * stride + m * dilation] @ taps[m] + bias``.
+
+    ``rows`` is ``[..., L, C]``, ``taps`` ``[K, C, O]``; returns ``[..., n, O]``. Few outputs
+    (small blocks): one matrix product ``[n, K * C] @ [K * C, O]`` over the unfolded taps, which
+    costs less than ``F.conv1d``'s set-up. Many: one product per tap over a strided view of the
+    rows, which copies nothing.
+    """
+    kernel, channels, out_channels = taps.shape
+    span = dilation * (kernel - 1) + 1
+    count = (rows.shape[-2] - span) // stride + 1
+    if count >= _SHIFTED_FROM:
+        y = torch.matmul(rows[..., 0 : (count - 1) * stride + 1 : stride, :], taps[0])
+        for m in range(1, kernel):
+            start = m * dilation
+            shifted = rows[..., start : start + (count - 1) * stride + 1 : stride, :]
+            y = y.addmm_(shifted, taps[m]) if y.dim() == 2 else y.add_(shifted @ taps[m])
+        return y.add_(bias) if bias is not None else y
+    matrix = taps.reshape(kernel * channels, out_channels)
+    if dilation == 1 and kernel == stride:  # the taps side by side: a view
+        flat = rows[..., : count * kernel, :].reshape(*rows.shape[:-2], count, kernel * channels)
+    else:
+        unfolded = rows.unfold(-2, span, stride)  # [..., n, C, span]
+        if dilation > 1:
+            unfolded = unfolded[..., ::dilation]
+        flat = unfolded.transpose(-1, -2).flatten(-2)  # [..., n, K * C]
+    if flat.dim() == 2 and bias is not None:
+        return torch.addmm(bias, flat, matrix)
+    y = torch.matmul(flat, matrix)
+    return y.add_(bias) if bias is not None else y
 
 
 def minimal_frame(source: GraphStream) -> int:
@@ -386,6 +425,21 @@ class _FrameBuilder(_Builder):
         self.update(held, self.call(operator.getitem, window, _tail(-keep, 0)))
         return window
 
+    def held_rows(
+        self, node: fx.Node, source: fx.Node, offset: int, keep: int, rows: fx.Node
+    ) -> fx.Node:
+        """``[state, frame]`` along time, time-major (``[..., keep + n, C]``): the state holds
+        the ``keep`` inputs before the frame, as in :meth:`held_window`."""
+        full = self.values[source.name]
+        before = self.prehistory(source, offset) if offset > 0 else None
+        zeros = full.new_zeros([*full.shape[:-1], max(0, keep - offset)])
+        initial = zeros if before is None else torch.cat([zeros, before], -1)
+        initial = initial[..., initial.shape[-1] - keep :].transpose(-1, -2).contiguous()
+        held = self.state(node, "window", initial)
+        window = self.call(torch.cat, [held, rows], -2)
+        self.update(held, self.call(operator.getitem, window, (Ellipsis, slice(-keep, None), _ALL)))
+        return window
+
     def frame_window(
         self,
         node: fx.Node,
@@ -423,17 +477,32 @@ class _FrameBuilder(_Builder):
         self.offset[node.name] = out_offset
         keep = available - out_offset * stride  # inputs before the frame that the frame reads
         x = self.env[source.name]
+        extra = (keep - span) // stride + 1  # outputs past the frame's last one
+        if kind == "conv" and groups == 1:
+            assert weight is not None
+            rows = self.swap(x)  # time-major: [..., n, C]
+            if keep > 0:
+                rows = self.held_rows(node, source, offset, keep, rows)
+            elif keep < 0:
+                rows = self.call(operator.getitem, rows, (Ellipsis, slice(-keep, None), _ALL))
+            taps = self.constant(weight.permute(2, 1, 0).contiguous())  # [K, C, O]
+            offsets = self.constant(bias) if bias is not None else None
+            y = self.call(window_product, rows, taps, offsets, stride, dilation)
+            if extra > 0:
+                y = self.call(operator.getitem, y, (Ellipsis, slice(None, -extra), _ALL))
+            self.env[node.name] = self.swap(y)
+            return
         if keep > 0:
             window = self.held_window(node, source, offset, keep)
         elif keep < 0:
             window = self.call(operator.getitem, x, _tail(-keep, 0))
         else:
             window = x
-        extra = (keep - span) // stride + 1  # outputs past the frame's last one
-        lead = list(self.values[source.name].shape[:-2])
         if kind == "conv":
             assert weight is not None
-            y = self.convolution(window, lead, weight, bias, kernel, stride, dilation, groups)
+            b = self.constant(bias) if bias is not None else None
+            w = self.constant(weight)
+            y = self.call(F.conv1d, window, w, b, stride, 0, dilation, groups)
         else:
             taps = self.swap(window)  # time-major: [..., L, C]
             taps = self.method("unfold", taps, -2, span, stride)  # [..., n, C, span]
@@ -444,42 +513,6 @@ class _FrameBuilder(_Builder):
         if extra > 0:
             y = self.call(operator.getitem, y, _tail(0, extra))
         self.env[node.name] = y
-
-    def convolution(
-        self,
-        window: fx.Node,
-        lead: list[int],
-        weight: Tensor,
-        bias: Optional[Tensor],
-        kernel: int,
-        stride: int,
-        dilation: int,
-        groups: int,
-    ) -> fx.Node:
-        """``F.conv1d(window, ...)`` without padding. With ``groups == 1``, one time-major
-        matrix product ``[n, K * C] @ [K * C, O]`` over the window's taps, returned as a
-        transposed view: on a few samples ``F.conv1d``'s set-up costs more, and a product whose
-        narrow side is time runs far slower than one whose narrow side is rows. The next
-        convolution then reads its taps from the time-major values without a copy."""
-        if groups != 1:
-            b = self.constant(bias) if bias is not None else None
-            w = self.constant(weight)
-            return self.call(F.conv1d, window, w, b, stride, 0, dilation, groups)
-        out_channels, channels = weight.shape[0], weight.shape[1]
-        matrix = self.constant(weight.permute(2, 1, 0).reshape(kernel * channels, out_channels))
-        rows = self.swap(window)  # [..., L, C]
-        if dilation == 1 and kernel == stride:  # taps side by side: a view of time-major rows
-            if kernel > 1:
-                rows = self.method("reshape", rows, [*lead, -1, kernel * channels])
-        else:
-            span = dilation * (kernel - 1) + 1
-            taps = self.method("unfold", rows, -2, span, stride)  # [..., n, C, span]
-            if dilation > 1:
-                taps = self.call(operator.getitem, taps, (Ellipsis, slice(None, None, dilation)))
-            taps = self.swap(taps)  # [..., n, K, C]
-            rows = self.method("flatten", taps, -2)  # [..., n, K * C]
-        y = self.product(rows, matrix, bias, lead)
-        return self.swap(y)
 
     def product(
         self, rows: fx.Node, matrix: fx.Node, bias: Optional[Tensor], lead: list[int]

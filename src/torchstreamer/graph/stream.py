@@ -1,8 +1,11 @@
 """`stream(model, example)`: a stream of any model that ``torch.export`` can capture.
 
 The captured graph is analysed once: every node whose value depends on the time axis gets a
-handler (:mod:`torchstreamer.graph.handlers`); nodes that depend only on parameters (weight
-norm, constants) are recomputed from the model's current parameters on every call.
+handler (:mod:`torchstreamer.graph.handlers`), which gives the plan its time rules. The stream
+then runs on the frame engine (:mod:`torchstreamer.step.engine`: generated frame code, weights
+copied when the stream is built) when that code reproduces the model, and otherwise on the
+handlers, one per node, which recompute nodes that depend only on parameters (weight norm) from
+the model's current parameters on every call. ``GraphStream.engine`` says which runs.
 """
 
 from __future__ import annotations
@@ -674,7 +677,9 @@ def stream(model: nn.Module, example: Tensor, axis: int = -1) -> GraphStream:
     This is a first version: convolutions, transposed convolutions, padding, average pooling,
     elementwise ops, joins (add, mul, cat over channels...) aligned by index, channel splits,
     time slices with fixed offsets, and per-step ``linear``/``layer_norm``/``softmax`` stream;
-    every other op that touches time is refused with the layer's path.
+    every other op that touches time is refused with the layer's path. The stream reads the
+    model's weights when it is built (the frame engine copies them): build a new stream after
+    changing them.
 
     Example:
         >>> import torch

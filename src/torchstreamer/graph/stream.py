@@ -49,6 +49,7 @@ class GraphStream(BaseStream):
     _state_tensors = ("_pending",)
     _state_ints = ("_batch", "_filled", "_seen")
     _pending: Tensor
+    _weight: Optional[Tensor]  # a parameter of the model (see _find_weight)
 
     def __init__(self, model: nn.Module, example: Tensor, axis: int = -1) -> None:
         super().__init__()
@@ -71,6 +72,11 @@ class GraphStream(BaseStream):
             if n.op == "placeholder" and n.name in signature.user_inputs
         )
         self._label = f"stream of {type(model).__name__}"
+        # what every block must match: sizes other than batch and time, and the model's dtype
+        self._fixed_sizes = [
+            (i, size) for i, size in enumerate(example.shape) if i not in (0, self._axis)
+        ]
+        self._find_weight()
         self._batch = -1
         # samples that wait for a call that returns something (see plan.Schedule)
         self.register_buffer("_pending", torch.zeros(0), persistent=False)
@@ -218,7 +224,7 @@ class GraphStream(BaseStream):
         if engine is None:  # the frame code does not fit this batch size: interpret
             self._engine_refusal = f"for {rows} batch rows, {self._engine_refusal}"
             return self.forward(x, final)
-        y = engine(x, final)
+        y = engine._stream(x, final)  # the block is checked: it fits the engine's rows
         self._batch = -1 if final else rows
         return y
 
@@ -502,8 +508,30 @@ class GraphStream(BaseStream):
         )
         return "\n".join(rows)
 
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> GraphStream:
+        result = super()._apply(fn, recurse)
+        self._find_weight()  # .to() may replace it
+        return result
+
+    def _find_weight(self) -> None:
+        """Note a parameter of the model: blocks must have its dtype and device. (Kept out of
+        nn.Module's registries: it is the model's own parameter.)"""
+        self.__dict__["_weight"] = next(iter(self.model.parameters()), None)
+
     def _check_block(self, x: Tensor) -> None:
         """Raise :class:`StreamInputError` before any state changes unless ``x`` fits."""
+        reference, shape = self._weight, x.shape
+        if (
+            x.dim() == len(self._example_shape)
+            and all(shape[i] == size for i, size in self._fixed_sizes)
+            and x.is_floating_point()
+            and (reference is None or (x.dtype == reference.dtype and x.device == reference.device))
+            and (self._batch < 0 or self._axis == 0 or shape[0] == self._batch)
+        ):
+            return  # the common case, checked fast; otherwise say what does not fit
+        self._refuse_block(x)
+
+    def _refuse_block(self, x: Tensor) -> None:
         expected = ["T" if i == self._axis else str(s) for i, s in enumerate(self._example_shape)]
         expected[0] = "B" if self._axis != 0 else expected[0]
         shape = list(x.shape)
@@ -519,7 +547,7 @@ class GraphStream(BaseStream):
             raise StreamInputError(
                 f"The {self._label} expects a floating-point block but got dtype {x.dtype}."
             )
-        reference = next(iter(self.model.parameters()), None)
+        reference = self._weight
         if reference is not None and (x.dtype != reference.dtype or x.device != reference.device):
             raise StreamInputError(
                 f"The {self._label} computes in {reference.dtype} on {reference.device} but the "

@@ -86,7 +86,7 @@ class StepStream(BaseStream):
         """Stream one block; return the outputs it completes, or ``None``. ``final=True`` ends
         the signal: samples short of a whole frame are dropped, as the offline model drops
         them."""
-        axis, frame, filled = self._axis, self._frame, self._filled
+        axis = self._axis
         pending = self._held()
         if (
             x.dim() != self._rank
@@ -96,6 +96,12 @@ class StepStream(BaseStream):
             or x.device != pending.device
         ):
             self._refuse(x, pending)
+        return self._stream(x, final)
+
+    def _stream(self, x: Tensor, final: bool) -> Optional[Outputs]:
+        """:meth:`forward` for a block already checked (a graph stream checks its blocks)."""
+        axis, frame, filled = self._axis, self._frame, self._filled
+        pending = self._held()
         length = x.shape[axis]
         if filled + length < frame and not final:  # the common small block: the samples wait
             if length:

@@ -59,6 +59,7 @@ _ALL = slice(None)
 # from this many outputs on, a convolution runs one product per tap over shifted views of the
 # time-major window (no copy of the taps); below, one product over the unfolded taps
 _SHIFTED_FROM = 64
+_SHIFTED_TAPS = 8  # (a product per tap: a long filter's taps are fewer copies than products)
 
 
 def window_product(
@@ -75,7 +76,7 @@ def window_product(
     kernel, channels, out_channels = taps.shape
     span = dilation * (kernel - 1) + 1
     count = (rows.shape[-2] - span) // stride + 1
-    if count >= _SHIFTED_FROM:
+    if count >= _SHIFTED_FROM and kernel <= _SHIFTED_TAPS:
         y = torch.matmul(rows[..., 0 : (count - 1) * stride + 1 : stride, :], taps[0])
         for m in range(1, kernel):
             start = m * dilation
@@ -83,7 +84,9 @@ def window_product(
             y = y.addmm_(shifted, taps[m]) if y.dim() == 2 else y.add_(shifted @ taps[m])
         return y.add_(bias) if bias is not None else y
     matrix = taps.reshape(kernel * channels, out_channels)
-    if dilation == 1 and kernel == stride:  # the taps side by side: a view
+    if count == 1 and dilation == 1:  # one output (a sample per call): the first taps
+        flat = rows[..., :kernel, :].reshape(*rows.shape[:-2], 1, kernel * channels)
+    elif dilation == 1 and kernel == stride:  # the taps side by side: a view
         flat = rows[..., : count * kernel, :].reshape(*rows.shape[:-2], count, kernel * channels)
     else:
         unfolded = rows.unfold(-2, span, stride)  # [..., n, C, span]

@@ -51,15 +51,31 @@ class CentredSkip(nn.Module):
 
 class PaddedAfterValid(nn.Module):
     """Zero padding after a valid window: the padding's zeros fall where the lagging frames
-    hold values from before the signal, so the interpreter runs it."""
+    hold values from before the signal, so the first outputs come from the start entry; the
+    last, from the right padding, from the end entry."""
 
     def __init__(self) -> None:
         super().__init__()
         self.valid = nn.Conv1d(1, 2, 3)
-        self.same = nn.Conv1d(2, 1, 3, padding=1)
+        self.same = nn.Conv1d(2, 2, 3, padding=1)
+        self.reflect = nn.Conv1d(2, 1, 5, padding=2, padding_mode="reflect")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.same(torch.relu(self.valid(x)))
+        return self.reflect(torch.relu(self.same(torch.relu(self.valid(x)))))
+
+
+class RecurrentAfterValid(nn.Module):
+    """A recurrent layer after a valid window would carry the frames' values from before the
+    signal for ever: the interpreter runs it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.valid = nn.Conv1d(1, 2, 3)
+        self.rnn = nn.GRU(2, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.rnn(self.valid(x).transpose(1, 2))
+        return y.transpose(1, 2)
 
 
 def returned_counts(stream: pts.GraphStream, x: torch.Tensor, lengths: list[int]) -> list[int]:
@@ -131,33 +147,55 @@ def test_joins_and_rate_changes_return_each_output_when_it_is_complete(
         assert_matches(run_stream(stream, x, lengths), model(x))
 
 
+@pytest.mark.parametrize("make", [PaddedAfterValid, examples.vocoder])
+@fewer(10)
+@given(sizes=block_sizes(), length=st.integers(20, 120))
+def test_padding_at_both_ends_comes_from_the_start_and_end_entries(
+    make, sizes: list[int], length: int
+) -> None:
+    model = make().eval()
+    channels = next(model.parameters()).shape[1]
+    stream = pts.stream(model, torch.randn(1, channels, 64))
+    assert stream.engine.startswith("frames of"), stream.engine
+    x = torch.randn(2, channels, length)
+    with torch.no_grad():
+        assert_matches(run_stream(stream, x, split_lengths(length, sizes)), model(x))
+
+
 def test_a_model_the_frames_cannot_run_streams_on_the_interpreter_and_says_why() -> None:
-    model = PaddedAfterValid().eval()
+    model = RecurrentAfterValid().eval()
     stream = pts.stream(model, torch.randn(1, 1, 32))
     assert stream.engine.startswith("interpreter:")
-    assert "'same'" in stream.engine
-    assert "lags the signal by 2 samples" in stream.engine
+    assert "'rnn'" in stream.engine
+    assert "carries a state from the start of the signal" in stream.engine
     x = torch.randn(1, 1, 50)
     with torch.no_grad():
         assert_matches(run_stream(stream, x, [1, 0, 7, 3]), model(x))
 
 
-def test_the_engine_state_continues_in_a_copy_a_twin_and_a_pickle() -> None:
-    model = CentredSkip().eval()
-    x = torch.randn(2, 2, 61)
+@pytest.mark.parametrize(
+    ("make", "split"), [(CentredSkip, 9), (PaddedAfterValid, 2), (PaddedAfterValid, 40)]
+)
+def test_the_engine_state_continues_in_a_copy_a_twin_and_a_pickle(make, split: int) -> None:
+    """Mid-signal, also while the first outputs come from the start entry (split 2)."""
+    model = make().eval()
+    channels = next(model.parameters()).shape[1]
+    x = torch.randn(2, channels, 61)
     stream = pts.stream(model, x)
     with torch.no_grad():
         expected = model(x)
-        head = stream(x[..., :9])
+        head = stream(x[..., :split])
+        if head is None:
+            head = x.new_zeros(2, expected.shape[1], 0)
         state = stream.get_state()
         assert int(state["_batch"]) == 2
-        assert "engine._dropping" in state
-        twin = pts.stream(model, torch.randn(1, 2, 32))  # built for another batch size
+        assert "engine.frames._dropping" in state
+        twin = pts.stream(model, torch.randn(1, channels, 32))  # built for another batch size
         twin.set_state(state)
         copied = copy.deepcopy(stream)
         loaded = pickle.loads(pickle.dumps(stream))
         for other in (stream, twin, copied, loaded):
-            tail = other(x[..., 9:], final=True)
+            tail = other(x[..., split:], final=True)
             assert_matches(torch.cat([head, tail], -1), expected)
 
 
@@ -169,10 +207,12 @@ def test_a_state_that_does_not_fit_the_engine_changes_nothing() -> None:
         head = stream(x[..., :5])
     state = stream.get_state()
     broken = [
-        {**state, "engine._dropping": torch.tensor([7])},
+        {**state, "engine.frames._dropping": torch.tensor([7])},
+        {**state, "engine._emitted": torch.tensor([-1])},
+        {**state, "engine._seen": torch.tensor(-3)},
         {**state, "_rows": torch.tensor(0)},
         {**state, "_batch": torch.tensor(3)},
-        {k: v for k, v in state.items() if k != "engine._filled"},
+        {k: v for k, v in state.items() if k != "engine.frames._filled"},
     ]
     for bad in broken:
         with pytest.raises(pts.StreamError):

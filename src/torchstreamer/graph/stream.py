@@ -38,7 +38,7 @@ from torchstreamer.graph.leaves import LEAF_OP
 from torchstreamer.plan.timing import Schedule, Timing, graph_timing
 
 if TYPE_CHECKING:
-    from torchstreamer.step.blocks import StepStream
+    from torchstreamer.step.engine import FrameEngine
 
 __all__ = ["GraphStream", "stream"]
 
@@ -139,7 +139,7 @@ class GraphStream(BaseStream):
         # generated on first use: the call, and the same call recording every streamed block
         self._runs: dict[bool, Callable[..., list[Any]]] = {}
         # the generated frame code, when it runs this model exactly (step.engine); else None
-        self._engine: Optional[StepStream] = None
+        self._engine: Optional[FrameEngine] = None
         self._engine_rows = int(example.shape[0]) if self._axis != 0 else -1
         self._engine_refusal = ""
         self._engine_on = True  # tests turn the engine off to check the interpreter
@@ -224,7 +224,7 @@ class GraphStream(BaseStream):
         if engine is None:  # the frame code does not fit this batch size: interpret
             self._engine_refusal = f"for {rows} batch rows, {self._engine_refusal}"
             return self.forward(x, final)
-        y = engine._stream(x, final)  # the block is checked: it fits the engine's rows
+        y = engine.run(x, final, self)  # the block is checked: it fits the engine's rows
         self._batch = -1 if final else rows
         return y
 

@@ -46,7 +46,7 @@ class StepStream(BaseStream):
     _state_tensors = ("_pending",)
     _state_ints = ("_filled",)
 
-    def __init__(self, step: StepModel) -> None:
+    def __init__(self, step: StepModel, ends_elsewhere: bool = False) -> None:
         super().__init__()
         if step.held_back > 0:
             raise NotStreamableError(
@@ -57,7 +57,7 @@ class StepStream(BaseStream):
                 "each window ends on a frame's last sample, or use torchstreamer.stream(model, "
                 "example), which returns each output as soon as it is complete."
             )
-        if not step.drops_partial_frames:
+        if not step.drops_partial_frames and not ends_elsewhere:  # (a graph stream ends it)
             raise NotStreamableError(
                 "The model returns outputs for the samples after its last whole frame of "
                 f"{step.frame} (right padding or a window that the end of the signal closes), "

@@ -27,25 +27,28 @@ Example:
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Optional
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
+from torchstreamer.base import BaseStream
 from torchstreamer.errors import NotStreamableError, StreamError
+from torchstreamer.graph.analysis import time_length
 
 if TYPE_CHECKING:
     from torchstreamer.graph.stream import GraphStream
     from torchstreamer.step.blocks import StepStream
 
-__all__ = ["frame_engine"]
+__all__ = ["FrameEngine", "frame_engine"]
 
 _PHASES = 16  # the most frame phases tried (one frame graph built each)
 
 
 def frame_engine(
     source: GraphStream, example: Tensor, check: bool = True, phase: Optional[int] = None
-) -> tuple[Optional[StepStream], str]:
+) -> tuple[Optional[FrameEngine], str]:
     """The frame engine of ``source`` for blocks shaped like ``example`` (its batch size), and
     what it runs; ``(None, reason)`` when the frame code cannot run the model exactly.
 
@@ -65,16 +68,15 @@ def frame_engine(
             try:
                 with torch.no_grad():
                     graph = build_frame_graph(source, example, frame, True, start)
-                model = StepModel(
-                    graph, f"frame engine of {type(source.model).__name__}", source._axis
-                )
-                engine = StepStream(model)
+                label = f"frame engine of {type(source.model).__name__}"
+                frames = StepStream(StepModel(graph, label, source._axis), ends_elsewhere=True)
                 break
             except NotStreamableError as error:  # another phase may end frames in time
                 first = first or error
         else:
             assert first is not None
             raise first
+        engine = FrameEngine(frames, source)
     except NotStreamableError as error:
         return None, str(error)
     except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as error:
@@ -84,6 +86,203 @@ def frame_engine(
     return engine, f"frames of {frame} samples" + (
         f", from {start} before the signal" if start else ""
     )
+
+
+class FrameEngine(BaseStream):
+    """The frames of a graph stream, with a start and an end entry.
+
+    The frames return every output from the first that is right in them (``dirty`` says how
+    many come before: outputs that read padding where lagging frames still hold values from
+    before the signal, or padding that copies samples). Those first outputs, and at
+    ``final`` the outputs that the end of the signal determines (right padding, the overlap of
+    transposed convolutions, a window the end closes), come from the offline model run on the
+    samples this engine keeps: the last ``history`` input samples (all of them while the first
+    outputs come).
+    """
+
+    _state_tensors = ("_history",)
+    _state_ints = ("_seen", "_emitted", "_from_frames")
+    frames: StepStream
+    _history: Tensor
+
+    def __init__(self, frames: StepStream, source: GraphStream) -> None:
+        super().__init__()
+        self.frames = frames
+        step = frames.step
+        self._axis = source._axis
+        self._frame = frames._frame
+        self._dirty = list(step.dirty)
+        self._axes = list(step.output_axes)
+        symbol = next(iter(time_length(source._input).free_symbols))
+        self._lengths = [_length_function(time_length(o), symbol) for o in source._outputs]
+        self._names = [o.name for o in source._outputs]
+        self._counts = [Fraction(source._rate_of(o)) * self._frame for o in source._outputs]
+        needs_end = not step.drops_partial_frames
+        history = 0
+        for name, dirty in zip(self._names, self._dirty):
+            if dirty:
+                arrivals = source.timing.arrivals(name)
+                if dirty > arrivals.numel():
+                    raise NotStreamableError(
+                        f"The frames get the first {dirty} outputs wrong, more than the plan "
+                        "follows; the interpreter streams this model."
+                    )
+                history = max(history, int(arrivals[dirty - 1]) + self._frame)
+        if needs_end and source._length_dependent:
+            raise NotStreamableError(
+                "The end of the signal determines outputs of this model, and it pads or crops "
+                "by amounts computed from the signal's length, which the offline model on the "
+                "last samples would compute differently; the interpreter streams it."
+            )
+        if needs_end:
+            fields = [source.timing.receptive_field(name) for name in self._names]
+            if any(field is None for field in fields):
+                raise NotStreamableError(
+                    "The end of the signal determines outputs of this model (right padding or "
+                    "a transposed convolution's overlap) after a layer whose memory is "
+                    "unbounded (a recurrent layer or a running sum): no bounded history gives "
+                    "them; the interpreter streams it."
+                )
+            history = max(history, max(int(f) for f in fields if f is not None) + 3 * self._frame)
+        self._size = history
+        shape = list(step._input_shape)
+        shape[self._axis] = history
+        buffer = torch.zeros(shape, dtype=step._dtype or torch.float32, device=step._device)
+        self.register_buffer("_history", buffer, persistent=False)
+        self._seen = 0
+        self._emitted = [0] * len(self._names)
+        self._from_frames = [0] * len(self._names)
+
+    @property
+    def _phase(self) -> int:
+        return self.frames._phase
+
+    def reset(self) -> None:
+        self.frames.reset()
+        self._seen = 0
+        self._emitted = [0] * len(self._names)
+        self._from_frames = [0] * len(self._names)
+
+    def get_state(self) -> dict[str, Tensor]:
+        """The frames' state under ``frames.``, the samples kept and the counters."""
+        state = {f"frames.{k}": v for k, v in self.frames.get_state().items()}
+        state["_history"] = self._history.clone()
+        state["_seen"] = torch.tensor(self._seen)
+        state["_emitted"] = torch.tensor(self._emitted, dtype=torch.int64)
+        state["_from_frames"] = torch.tensor(self._from_frames, dtype=torch.int64)
+        return state
+
+    def set_state(self, state: dict[str, Tensor]) -> None:
+        """Restore a state from :meth:`get_state` (checked first; nothing changes if it does
+        not fit)."""
+        own = self.get_state()
+        if set(state) != set(own):
+            raise StreamError(
+                f"The state does not fit this stream: missing {sorted(set(own) - set(state))}, "
+                f"unexpected {sorted(set(state) - set(own))}."
+            )
+        for key in ("_history", "_seen", "_emitted", "_from_frames"):
+            value, mine = state[key], own[key]
+            if value.shape != mine.shape or value.dtype != mine.dtype:
+                raise StreamError(
+                    f"State '{key}' must be {mine.dtype} shaped {list(mine.shape)} but is "
+                    f"{value.dtype} shaped {list(value.shape)}."
+                )
+            if key != "_history" and bool((value < 0).any()):
+                raise StreamError(f"State '{key}' counts samples and cannot be negative.")
+        self.frames.set_state(
+            {k[len("frames.") :]: v for k, v in state.items() if k.startswith("frames.")}
+        )
+        with torch.no_grad():
+            self._history.copy_(state["_history"])
+        self._seen = int(state["_seen"])
+        self._emitted = [int(v) for v in state["_emitted"].tolist()]
+        self._from_frames = [int(v) for v in state["_from_frames"].tolist()]
+
+    def run(
+        self, x: Tensor, final: bool, source: GraphStream
+    ) -> Optional[Union[Tensor, tuple[Tensor, ...]]]:
+        """Stream one checked block: the outputs it completes (``None`` if none)."""
+        axis = self._axis
+        length = x.shape[axis]
+        seen = self._seen + length
+        framed = self.frames._stream(x, False)  # whole frames; the rest waits, or ends below
+        parts = list(framed) if isinstance(framed, tuple) else [framed]
+        kept = min(self._seen, self._size)
+        window = (self._history.narrow(axis, 0, kept), x)  # samples seen - kept .. seen
+        head = any(e < d for e, d in zip(self._emitted, self._dirty))
+        results: list[Tensor] = []
+        offline: Optional[list[Tensor]] = None
+        start_of_offline = 0
+        for i, part in enumerate(parts):
+            out_axis, emitted, dirty = self._axes[i], self._emitted[i], self._dirty[i]
+            before = self._from_frames[i]
+            got = 0 if part is None else int(part.shape[out_axis])
+            after = before + got
+            if final:
+                ready = self._lengths[i](seen)
+            elif emitted < dirty:
+                count = source.timing.count_at(self._names[i], seen)
+                ready = count if count < dirty else max(count, after)
+            else:
+                ready = after
+            pieces: list[Tensor] = []
+            j = emitted
+            while j < ready:
+                if dirty <= j < after:  # from the frames
+                    stop = min(ready, after)
+                    assert part is not None
+                    pieces.append(part.narrow(out_axis, j - before, stop - j))
+                else:  # from the model run offline on the samples kept
+                    stop = min(ready, dirty) if j < dirty else ready
+                    if offline is None:
+                        offline, start_of_offline = self._offline(source, window, seen, head)
+                    shift = int(self._counts[i] * start_of_offline / self._frame)
+                    pieces.append(offline[i].narrow(out_axis, j - shift, stop - j))
+                j = stop
+            self._from_frames[i] = after
+            self._emitted[i] = max(emitted, ready)
+            results.append(
+                torch.cat(pieces, out_axis)
+                if len(pieces) > 1
+                else pieces[0]
+                if pieces
+                else x.new_zeros(0)
+            )
+        if self._size and not final:
+            self._remember(x)  # (after the outputs: `window` views the samples kept)
+        self._seen = seen
+        if final:
+            self.reset()
+        if all(r.dim() <= 1 and r.numel() == 0 for r in results):
+            return None
+        return tuple(results) if len(results) > 1 else results[0]
+
+    def _remember(self, x: Tensor) -> None:
+        """Keep the last ``history`` input samples (all of them until there are that many)."""
+        axis, size, seen, length = self._axis, self._size, self._seen, x.shape[self._axis]
+        history = self._history
+        if seen + length <= size:
+            history.narrow(axis, seen, length).copy_(x)
+            return
+        kept = min(seen, size)
+        joined = torch.cat([history.narrow(axis, 0, kept), x], axis)
+        history.copy_(joined.narrow(axis, joined.shape[axis] - size, size))
+
+    def _offline(
+        self, source: GraphStream, window: tuple[Tensor, Tensor], seen: int, head: bool
+    ) -> tuple[list[Tensor], int]:
+        """The model's outputs on the samples at hand (those kept and the block), and the input
+        sample they start at: 0 while the first outputs come, else a whole number of frames
+        (so that every layer's samples line up) at least ``history`` samples before the end."""
+        axis = self._axis
+        samples = torch.cat(window, axis) if window[0].shape[axis] else window[1]
+        first = seen - samples.shape[axis]
+        start = 0 if head else max(-(-(seen - self._size) // self._frame) * self._frame, 0)
+        assert start >= first, "the samples kept reach back far enough"
+        with torch.no_grad():
+            result = source.model(samples.narrow(axis, start - first, seen - start))
+        return (list(result) if isinstance(result, tuple) else [result]), start
 
 
 def _phases(source: GraphStream, frame: int) -> list[int]:
@@ -97,12 +296,12 @@ def _phases(source: GraphStream, frame: int) -> list[int]:
     return list(dict.fromkeys(candidates))[:_PHASES]
 
 
-def _reproduces(engine: StepStream, source: GraphStream, example: Tensor) -> bool:
+def _reproduces(engine: FrameEngine, source: GraphStream, example: Tensor) -> bool:
     """Whether ``engine`` streams a signal made of ``example`` in uneven blocks (0 and 1
     included) as the model computes it offline."""
     axis = source._axis
     signal = example
-    while signal.shape[axis] < 4 * engine._frame + 16:
+    while signal.shape[axis] < 4 * engine._frame + engine._size + 16:
         signal = torch.cat([signal, example.flip(axis)], axis)
     rng = random.Random(0)
     pieces, start, length = [], 0, signal.shape[axis]
@@ -112,7 +311,7 @@ def _reproduces(engine: StepStream, source: GraphStream, example: Tensor) -> boo
             while start < length:
                 size = min(rng.choice([0, 1, 2, 3, 5, engine._frame, 17]), length - start)
                 final = start + size == length
-                y = engine(signal.narrow(axis, start, size), final=final)
+                y = engine.run(signal.narrow(axis, start, size), final, source)
                 if y is not None:
                     pieces.append(y)
                 start += size
@@ -121,7 +320,7 @@ def _reproduces(engine: StepStream, source: GraphStream, example: Tensor) -> boo
     finally:
         engine.reset()
     offline = list(expected) if isinstance(expected, tuple) else [expected]
-    for i, (reference, out_axis) in enumerate(zip(offline, engine.step.output_axes)):
+    for i, (reference, out_axis) in enumerate(zip(offline, engine._axes)):
         parts = [p[i] if isinstance(p, tuple) else p for p in pieces]
         if not parts:
             return False
@@ -132,3 +331,8 @@ def _reproduces(engine: StepStream, source: GraphStream, example: Tensor) -> boo
         ):
             return False
     return True
+
+
+def _length_function(length: Any, symbol: Any) -> Callable[[int], int]:
+    """The output length for ``n`` input samples (asked once per signal, at its end)."""
+    return lambda n: max(0, int(length.subs(symbol, n)))

@@ -133,6 +133,10 @@ class _FrameBuilder(_Builder):
         # hold values from before the signal, which nothing may read (see lagging())
         self.lookahead = lookahead
         self.restore: dict[str, Any] = {}  # env entries that a join replaced by delayed values
+        # with lookahead, per node: how many of its first values the frames may get wrong (they
+        # read values from before the signal where padding should be); the stream computes
+        # those outputs offline from the first samples instead (GraphStream's start entry)
+        self.dirty: dict[str, int] = {}
 
     # -- analysis -------------------------------------------------------------------------
 
@@ -161,7 +165,8 @@ class _FrameBuilder(_Builder):
             arrivals = self.source.timing.arrivals(output.name)
             positions = torch.arange(arrivals.numel()) - self.offset[output.name]
             ends = self.frame * (positions // count + 1) - self.phase
-            held = max(held, int((ends - arrivals).max()) if arrivals.numel() else 0)
+            late = (ends - arrivals)[self.dirty.get(output.name, 0) :]  # the rest: offline
+            held = max(held, int(late.max()) if late.numel() else 0)
         return held
 
     def drops_partial_frames(self) -> bool:
@@ -199,7 +204,15 @@ class _FrameBuilder(_Builder):
                     _STREAM_REMEDY,
                 )
             length = int(time_length(output).subs(self.symbol, 4 * self.frame - self.phase))
-            if length != 4 * count + offset:
+            if self.lookahead and length < 4 * count + offset:
+                raise refuse(
+                    output,
+                    f"for 4 frames of {self.frame} samples the model returns {length} samples, "
+                    f"fewer than the {4 * count + offset} that the frames compute (a crop at the "
+                    "end that depends on the signal's length)",
+                    _STREAM_REMEDY,
+                )
+            if length != 4 * count + offset and not self.lookahead:
                 raise refuse(
                     output,
                     f"for 4 frames of {self.frame} samples the model returns {length} samples, "
@@ -224,11 +237,15 @@ class _FrameBuilder(_Builder):
             frame=self.frame, held_back=self.held_back(),
             drops_partial_frames=self.drops_partial_frames(),
             skips=[-self.offset[o.name] for o in source._outputs], phase=self.phase,
+            dirty=[self.dirty.get(o.name, 0) for o in source._outputs],
         )  # fmt: skip
 
     def frame_node(self, node: fx.Node) -> None:
         try:
             self.frame_op(node)
+            if node.name not in self.dirty:  # an op on aligned values: as dirty as its inputs
+                inputs = [n for n in node.all_input_nodes if n.name in self.offset]
+                self.dirty[node.name] = max((self.dirty.get(n.name, 0) for n in inputs), default=0)
         finally:  # the delayed values of a join were for this node only
             self.env.update(self.restore)
             self.restore.clear()
@@ -267,16 +284,40 @@ class _FrameBuilder(_Builder):
         self.update(held, self.call(operator.getitem, window, (*before, slice(-shift, None))))
         return self.call(operator.getitem, window, (*before, slice(None, -shift)))
 
-    def lagging(self, node: fx.Node, offset: int, why: str) -> None:
-        """Refuse ``node`` if its input lags (its first positions hold values from before the
-        signal, which are not zeros) and the node would read them: ``why`` says how."""
-        if offset < 0:
+    def clean(self, node: fx.Node, source: fx.Node, offset: int, why: str) -> None:
+        """Refuse ``node`` if it carries a state from the start of the signal (``why`` says
+        how) and its input lags or may be wrong at first (see ``dirty``): the frames would
+        carry values from before the signal for ever."""
+        if offset < 0 or self.dirty.get(source.name, 0):
             raise refuse(
                 node,
-                f"it {why}, but its input lags the signal by {_samples(-offset)} (a window without "
-                "left padding before it), so those values are not there when the frames start",
+                f"it {why}, but its input lags the signal (a window without left padding before "
+                "it) or copies samples into its padding, so its first values are not there "
+                "when the frames start",
                 _STREAM_REMEDY,
             )
+
+    def pad_dirty(self, node: fx.Node, source: fx.Node, offset: int, left: int) -> None:
+        """``left`` values of padding before ``source``: wrong at first where the frames hold
+        values from before the signal in their place (a lagging input), shifted otherwise."""
+        dirty = self.dirty.get(source.name, 0)
+        own = dirty + left if dirty or offset < 0 else 0
+        self.dirty[node.name] = max(own, self.dirty.get(node.name, 0))
+
+    def prehistory(self, node: fx.Node, count: int) -> Tensor:
+        """With lookahead, values before the signal that depend on the signal (padding that
+        copies samples) make the node's first ``count`` values wrong in the frames: the stream
+        computes the outputs they reach offline (see ``dirty``)."""
+        if not self.lookahead:
+            return super().prehistory(node, count)
+        axis = time_axis(node)
+        assert axis is not None
+        count = max(count, 0)  # (a lagging node has no values before the signal)
+        first = self.values[node.name].narrow(axis, 0, count)
+        second = self.other[node.name].narrow(axis, 0, count)
+        if not torch.allclose(first, second, rtol=1e-6, atol=1e-7):
+            self.dirty[node.name] = max(count, self.dirty.get(node.name, 0))
+        return first
 
     def frame_op(self, node: fx.Node) -> None:
         handler = self.source.handlers[node.name]
@@ -294,20 +335,21 @@ class _FrameBuilder(_Builder):
             self.module_window(node, module, offset)
             self.env[node.name] = [self.env[node.name]]
         elif isinstance(handler, RecurrentHandler):
-            self.lagging(node, offset, "carries a state from the start of the signal")
+            self.clean(node, source, offset, "carries a state from the start of the signal")
             self.recurrent(node, handler.rnn, offset)
         elif isinstance(handler, ModuleStreamHandler):
             self.module_window(node, handler.holder, offset)
         elif isinstance(handler, Concatenation):  # values before the signal, as padding
-            self.lagging(node, offset, "pads the start of the signal")
             self.prehistory(node, offset + handler.before)
             self.env[node.name] = self.env[source.name]
             self.offset[node.name] = offset + handler.before
+            self.pad_dirty(node, source, offset, handler.before)
         elif isinstance(handler, TimeSlice):
             self.env[node.name] = self.env[source.name]
             self.offset[node.name] = offset - handler.start
+            self.dirty[node.name] = max(0, self.dirty.get(source.name, 0) - handler.start)
         elif isinstance(handler, RunningSum):
-            self.lagging(node, offset, "sums from the start of the signal")
+            self.clean(node, source, offset, "sums from the start of the signal")
             self.running_sum(node, source, offset)
         elif isinstance(handler, Reshape):
             sizes = node.meta["val"].shape  # (int() of the time length would fix it)
@@ -318,6 +360,7 @@ class _FrameBuilder(_Builder):
                 torch.repeat_interleave, self.env[source.name], handler.factor, dim=handler.axis
             )
             self.offset[node.name] = offset * handler.factor
+            self.dirty[node.name] = self.dirty.get(source.name, 0) * handler.factor
         elif isinstance(handler, Aligned):
             self.per_step(node)
         else:
@@ -388,9 +431,8 @@ class _FrameBuilder(_Builder):
     def module_window(self, node: fx.Node, module: nn.Module, offset: int) -> None:
         source = node.args[0]
         assert isinstance(source, fx.Node)
-        if isinstance(module, (nn.ConstantPad1d, nn.ReflectionPad1d, nn.ReplicationPad1d)):
-            self.lagging(node, offset, "pads the start of the signal")
         if self.padded(node, module, source, offset):
+            self.pad_dirty(node, source, offset, int(module.padding[0]))  # type: ignore[index]
             return
         if isinstance(module, (nn.AvgPool1d, nn.MaxPool1d)):
             kernel, stride, dilation = self.pool_geometry(node, module)
@@ -464,8 +506,9 @@ class _FrameBuilder(_Builder):
         by the frame's end; the window's start then lies ``keep`` samples before the frame.
         """
         span = dilation * (kernel - 1) + 1
-        if pad:
-            self.lagging(node, offset, "pads the start of the signal with zeros")
+        dirty = self.dirty.get(source.name, 0)
+        if dirty or (offset < 0 and pad):  # reads values that should be padding, or are wrong
+            self.dirty[node.name] = max(0, -(-(dirty + pad) // stride))
         available = offset + pad
         out_offset = (available + stride - span) // stride
         if out_offset < 0 and not self.lookahead:
@@ -544,8 +587,9 @@ class _FrameBuilder(_Builder):
         stride, kernel = int(module.stride[0]), int(module.kernel_size[0])
         dilation, pad = int(module.dilation[0]), int(module.padding[0])
         span = dilation * (kernel - 1) + 1
-        if span > stride:
-            self.lagging(node, offset, "adds each input to outputs that earlier inputs reach")
+        dirty = self.dirty.get(source.name, 0)
+        if dirty or (offset < 0 and span > stride):  # inputs from before the signal reach outputs
+            self.dirty[node.name] = max(0, (dirty - 1) * stride + span - pad)
         out_offset = stride * offset - pad
         if out_offset < 0 and not self.lookahead:
             raise refuse(
@@ -594,7 +638,3 @@ def build_frame_graph(
     if phase and not lookahead:
         raise ValueError("a phase lags the input: it needs lookahead=True")
     return _FrameBuilder(source, example, frame, lookahead, phase).build()
-
-
-def _samples(count: int) -> str:
-    return f"{count} sample{'s' if count != 1 else ''}"

@@ -110,6 +110,8 @@ class StepGraph:
     # per output: values from before the signal that come first (a lagging frame graph)
     skips: list[int] = field(default_factory=list)
     phase: int = 0  # input samples from before the signal that the first frame starts with
+    # per output: how many first values a lagging frame graph may get wrong (computed offline)
+    dirty: list[int] = field(default_factory=list)
 
 
 class _Value:

@@ -9,11 +9,16 @@ left padding (``padding="valid"``) returns its output ``j`` once input ``j + spa
 so the first values the frames compute lie before the signal; the stream drops them
 (``StepModel.skips``).
 
-The engine runs a model when the frames return every output with the call that completes it and
-the model's output ends with its last whole frame. Models that need more (padding that copies
-samples, padding of a lagging layer, right padding and transposed-convolution tails at the end,
-lengths known only at the end) run on the graph stream's per-node interpreter instead;
-``GraphStream.engine`` says which one runs and why.
+The frames may get the first outputs wrong (padding read where lagging frames hold values
+from before the signal, or padding that copies samples) and never compute the outputs that the
+end of the signal determines (right padding, transposed-convolution tails): a
+:class:`FrameEngine` takes those from the offline model, run on the first samples while they
+come (the *start entry*) and on the last samples at ``final`` (the *end entry*), which it keeps
+in a bounded history. How many outputs the start entry gives is counted exactly while the
+frame code is built (``StepModel.dirty``), the history from the plan's receptive field.
+Models that still need more (a recurrent layer or a running sum after a lagging window, an end
+that depends on an unbounded memory, a length-dependent pad or crop that the end determines)
+run on the graph stream's per-node interpreter; ``GraphStream.engine`` says which runs and why.
 
 Example:
     >>> import torch

@@ -62,6 +62,30 @@ _SHIFTED_FROM = 64
 _SHIFTED_TAPS = 8  # (a product per tap: a long filter's taps are fewer copies than products)
 
 
+def overlap_product(
+    rows: Tensor, matrix: Tensor, bias: Optional[Tensor], out_channels: int
+) -> Tensor:
+    """A transposed convolution whose kernel is ``blocks`` times its stride, over time-major
+    rows: ``rows`` ``[..., keep + n, C]`` (the ``keep = blocks - 1`` inputs before the frame
+    first), ``matrix`` ``[C, blocks, stride * O]``. Output block ``b`` (``stride`` samples) is
+    ``sum_k rows[b - k] @ matrix[:, k]``; returns the ``n`` blocks the frame completes as
+    ``[..., n * stride, O]``."""
+    if rows.dim() == 3 and rows.shape[0] == 1:  # one row: plain matrix products
+        return overlap_product(rows[0], matrix, bias, out_channels).unsqueeze(0)
+    channels, blocks, width = matrix.shape
+    keep = blocks - 1
+    count = rows.shape[-2] - keep
+    products = torch.matmul(rows, matrix.reshape(channels, blocks * width))
+    products = products.unflatten(-1, (blocks, width))  # [..., keep + n, blocks, width]
+    y = products[..., keep : keep + count, 0, :]
+    for k in range(1, blocks):
+        y = y + products[..., keep - k : keep - k + count, k, :]
+    if keep == 0:
+        y = y.contiguous()
+    y = y.reshape(*rows.shape[:-2], count * (width // out_channels), out_channels)
+    return y.add_(bias) if bias is not None else y
+
+
 def window_product(
     rows: Tensor, taps: Tensor, bias: Optional[Tensor], stride: int, dilation: int
 ) -> Tensor:
@@ -73,6 +97,8 @@ def window_product(
     costs less than ``F.conv1d``'s set-up. Many: one product per tap over a strided view of the
     rows, which copies nothing.
     """
+    if rows.dim() == 3 and rows.shape[0] == 1:  # one row: plain matrix products
+        return window_product(rows[0], taps, bias, stride, dilation).unsqueeze(0)
     kernel, channels, out_channels = taps.shape
     span = dilation * (kernel - 1) + 1
     count = (rows.shape[-2] - span) // stride + 1
@@ -611,6 +637,18 @@ class _FrameBuilder(_Builder):
             rows = self.swap(x)  # [..., n, C]
             y = self.product(rows, self.constant(matrix), full_bias, lead)  # [..., n, K * O]
             y = self.method("reshape", y, [*lead, -1, out_channels])  # [..., n * K, O]
+            self.env[node.name] = self.swap(y)
+            return
+        if dilation == 1 and groups == 1 and kernel % stride == 0:  # whole blocks overlap
+            channels, out_channels = weight.shape[0], weight.shape[1]
+            blocks = kernel // stride  # input i reaches output blocks i .. i + blocks - 1
+            # columns ordered (block, tap within the block, output channel)
+            matrix = weight.permute(0, 2, 1).reshape(channels, blocks, stride * out_channels)
+            rows = self.swap(x)  # [..., n, C]
+            if keep > 0:
+                rows = self.held_rows(node, source, offset, keep, rows)
+            offsets = self.constant(bias) if bias is not None else None
+            y = self.call(overlap_product, rows, self.constant(matrix), offsets, out_channels)
             self.env[node.name] = self.swap(y)
             return
         window = self.held_window(node, source, offset, keep) if keep > 0 else x

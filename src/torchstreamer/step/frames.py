@@ -487,25 +487,26 @@ class _FrameBuilder(_Builder):
         """``[state, frame]`` along the last axis, where the state holds the ``keep`` inputs
         before the frame (at first: zeros for padding, then the input's values before the
         signal) and is written back from the window's tail."""
-        full = self.values[source.name]
-        before = self.prehistory(source, offset) if offset > 0 else None
-        zeros = full.new_zeros([*full.shape[:-1], max(0, keep - offset)])
-        initial = zeros if before is None else torch.cat([zeros, before], -1)
-        held = self.state(node, "window", initial[..., initial.shape[-1] - keep :])
+        held = self.state(node, "window", self.held_initial(source, offset, keep))
         window = self.call(torch.cat, [held, self.env[source.name]], -1)
         self.update(held, self.call(operator.getitem, window, _tail(-keep, 0)))
         return window
+
+    def held_initial(self, source: fx.Node, offset: int, keep: int) -> Tensor:
+        """The ``keep`` inputs before the signal's first frame (last axis): the input's values
+        before the signal (``offset`` of them), zeros before those."""
+        full = self.values[source.name]
+        before = self.prehistory(source, offset) if offset > 0 else None
+        zeros = full.new_zeros([*full.shape[:-1], max(0, keep - max(offset, 0))])
+        initial = zeros if before is None else torch.cat([zeros, before], -1)
+        return initial[..., initial.shape[-1] - keep :]
 
     def held_rows(
         self, node: fx.Node, source: fx.Node, offset: int, keep: int, rows: fx.Node
     ) -> fx.Node:
         """``[state, frame]`` along time, time-major (``[..., keep + n, C]``): the state holds
         the ``keep`` inputs before the frame, as in :meth:`held_window`."""
-        full = self.values[source.name]
-        before = self.prehistory(source, offset) if offset > 0 else None
-        zeros = full.new_zeros([*full.shape[:-1], max(0, keep - offset)])
-        initial = zeros if before is None else torch.cat([zeros, before], -1)
-        initial = initial[..., initial.shape[-1] - keep :].transpose(-1, -2).contiguous()
+        initial = self.held_initial(source, offset, keep).transpose(-1, -2).contiguous()
         held = self.state(node, "window", initial)
         window = self.call(torch.cat, [held, rows], -2)
         self.update(held, self.call(operator.getitem, window, (Ellipsis, slice(-keep, None), _ALL)))

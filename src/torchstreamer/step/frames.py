@@ -86,6 +86,44 @@ def overlap_product(
     return y.add_(bias) if bias is not None else y
 
 
+def held_tail(held: Tensor, rows: Tensor) -> Tensor:
+    """The last ``len(held)`` rows of ``[held, rows]`` (time-major): the next frame's state."""
+    keep = held.shape[-2]
+    if rows.shape[-2] >= keep:
+        return rows[..., rows.shape[-2] - keep :, :]
+    return torch.cat([held, rows], -2)[..., rows.shape[-2] :, :]
+
+
+def held_product(
+    held: Tensor, rows: Tensor, taps: Tensor, bias: Optional[Tensor], stride: int, dilation: int
+) -> Tensor:
+    """:func:`window_product` over ``[held, rows]`` without joining them for long frames: the
+    first outputs, whose taps reach into ``held``, from a short joined head; the others from
+    shifted views of ``rows``, written in place."""
+    if rows.dim() == 3 and rows.shape[0] == 1:  # one row: plain matrix products
+        return held_product(held[0], rows[0], taps, bias, stride, dilation).unsqueeze(0)
+    keep = held.shape[-2]
+    kernel = taps.shape[0]
+    span = dilation * (kernel - 1) + 1
+    count = (keep + rows.shape[-2] - span) // stride + 1
+    if rows.dim() != 2 or count < _SHIFTED_FROM or kernel > _SHIFTED_TAPS:
+        return window_product(torch.cat([held, rows], -2), taps, bias, stride, dilation)
+    first = min(count, -(-keep // stride))  # outputs from `first` on read only `rows`
+    y = rows.new_empty(count, taps.shape[2])
+    if first:
+        head = torch.cat([held, rows[: (first - 1) * stride + span - keep]], -2)
+        y[:first] = window_product(head, taps, bias, stride, dilation)
+    rest, base = count - first, first * stride - keep
+    tail = y[first:]
+    torch.mm(rows[base : base + (rest - 1) * stride + 1 : stride], taps[0], out=tail)
+    for m in range(1, kernel):
+        start = base + m * dilation
+        tail.addmm_(rows[start : start + (rest - 1) * stride + 1 : stride], taps[m])
+    if bias is not None:
+        tail.add_(bias)
+    return y
+
+
 def window_product(
     rows: Tensor, taps: Tensor, bias: Optional[Tensor], stride: int, dilation: int
 ) -> Tensor:
@@ -554,13 +592,17 @@ class _FrameBuilder(_Builder):
         if kind == "conv" and groups == 1:
             assert weight is not None
             rows = self.swap(x)  # time-major: [..., n, C]
-            if keep > 0:
-                rows = self.held_rows(node, source, offset, keep, rows)
-            elif keep < 0:
-                rows = self.call(operator.getitem, rows, (Ellipsis, slice(-keep, None), _ALL))
             taps = self.constant(weight.permute(2, 1, 0).contiguous())  # [K, C, O]
             offsets = self.constant(bias) if bias is not None else None
-            y = self.call(window_product, rows, taps, offsets, stride, dilation)
+            if keep > 0:  # the window is [state, frame]: not joined for long frames
+                initial = self.held_initial(source, offset, keep).transpose(-1, -2).contiguous()
+                held = self.state(node, "window", initial)
+                y = self.call(held_product, held, rows, taps, offsets, stride, dilation)
+                self.update(held, self.call(held_tail, held, rows))  # (after `held` is read)
+            else:
+                if keep < 0:
+                    rows = self.call(operator.getitem, rows, (Ellipsis, slice(-keep, None), _ALL))
+                y = self.call(window_product, rows, taps, offsets, stride, dilation)
             if extra > 0:
                 y = self.call(operator.getitem, y, (Ellipsis, slice(None, -extra), _ALL))
             self.env[node.name] = self.swap(y)

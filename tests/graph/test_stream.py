@@ -46,9 +46,16 @@ ZOO = {
 }
 
 
+class _Built(dict):  # type: ignore[type-arg]
+    """The zoo's models and streams, with a short repr for hypothesis's failure reports."""
+
+    def __repr__(self) -> str:
+        return f"<zoo of {len(self)} streams>"
+
+
 @pytest.fixture(scope="module")
 def zoo() -> dict[str, tuple[nn.Module, pts.GraphStream]]:
-    built = {}
+    built = _Built()
     for name, (make, shape) in ZOO.items():
         model = make().eval()
         built[name] = (model, pts.stream(model, torch.randn(shape)))

@@ -306,3 +306,28 @@ def test_onnxruntime_runs_an_exported_frame_step_model(name: str, tmp_path: Any)
         for spec, value in zip(metadata["states"], results[1:]):
             state[spec["input"]] = value
         torch.testing.assert_close(torch.from_numpy(results[0]), step(block), rtol=1e-5, atol=1e-5)
+
+
+@given(
+    keep=st.integers(1, 6),
+    counts=st.lists(st.integers(0, 9), min_size=1, max_size=6),
+    channel_major=st.booleans(),
+)
+def test_a_delay_state_gives_the_values_before_each_frame(
+    keep: int, counts: list[int], channel_major: bool
+) -> None:
+    """``held_delay``/``held_tail`` (a join's delayed branch): frame after frame, the values
+    ``keep`` positions earlier, whatever the frame length and the values' layout."""
+    from torchstreamer.step.frames import held_delay, held_tail
+
+    signal = torch.randn(2, sum(counts), 3)  # time-major [batch, time, channels]
+    expected = torch.cat([torch.zeros(2, keep, 3), signal], 1)[:, : signal.shape[1]]
+    held, start, got = torch.zeros(2, keep, 3), 0, []
+    for count in counts:
+        rows = signal[:, start : start + count]
+        if channel_major:  # the same values, stored channel by channel
+            rows = rows.transpose(1, 2).contiguous().transpose(1, 2)
+        got.append(held_delay(held, rows))
+        held.copy_(held_tail(held, rows))  # the state is written before the values are read
+        start += count
+    torch.testing.assert_close(torch.cat(got, 1), expected, rtol=0, atol=0)

@@ -16,12 +16,15 @@ from torchstreamer.generated import Source
 
 __all__ = ["compile_graph"]
 
+_COMPUTED = ("call_function", "call_method", "call_module")
+
 
 def compile_graph(graph: fx.Graph, root: nn.Module) -> Callable[..., Any]:
     """A function equal to ``fx.GraphModule(root, graph).forward`` that reads ``root``'s
     buffers, parameters and submodules once, now."""
     inputs = [f"v{i}" for i, n in enumerate(graph.nodes) if n.op == "placeholder"]
     source = Source(f"step({', '.join(inputs)})")
+    last_use = {value: node for node in graph.nodes for value in node.all_input_nodes}
     for index, node in enumerate(graph.nodes):
         name = source.names[node] = f"v{index}"
         if node.op == "get_attr":
@@ -38,6 +41,11 @@ def compile_graph(graph: fx.Graph, root: nn.Module) -> Callable[..., Any]:
             source.line(f"{name} = {module}({source.arguments(node.args, node.kwargs)})")
         elif node.op == "output":
             source.line(f"return {source.show(node.args[0])}")
+        # values whose last use this was: freed now, as offline (long frames hold large ones)
+        dead = [v for v in node.all_input_nodes if last_use[v] is node and v.op in _COMPUTED]
+        dead += [node] if node.op in _COMPUTED and not node.users else []
+        if dead and node.op != "output":
+            source.line(f"del {', '.join(source.names[v] for v in dead)}")
     return source.compile("<torchstreamer step>")
 
 

@@ -94,6 +94,18 @@ def held_tail(held: Tensor, rows: Tensor) -> Tensor:
     return torch.cat([held, rows], -2)[..., rows.shape[-2] :, :]
 
 
+def held_delay(held: Tensor, rows: Tensor) -> Tensor:
+    """The first ``len(rows)`` rows of ``[held, rows]`` (time-major): ``rows`` delayed by the
+    length of ``held`` (the held rows come first)."""
+    keep, count = held.shape[-2], rows.shape[-2]
+    if count < keep:  # (a copy: the state is written before the values are read)
+        return held[..., :count, :].clone()
+    head = rows[..., : count - keep, :]
+    if rows.stride(-2) == 1 and rows.shape[-1] > 1:  # channel-major values: joined as they lie
+        return torch.cat([held.transpose(-1, -2), head.transpose(-1, -2)], -1).transpose(-1, -2)
+    return torch.cat([held, head], -2)
+
+
 def held_product(
     held: Tensor, rows: Tensor, taps: Tensor, bias: Optional[Tensor], stride: int, dilation: int
 ) -> Tensor:
@@ -342,6 +354,13 @@ class _FrameBuilder(_Builder):
         if own > 0:
             initial = torch.cat([initial, self.prehistory(source, own)], axis)
         initial = initial.narrow(axis, initial.shape[axis] - shift, shift)
+        x = self.env[source.name]
+        if axis == full.dim() - 1:  # delayed in the layout the values have (see held_delay)
+            rows = self.swap(x)
+            held = self.state(node, "delay", initial.transpose(-1, -2).contiguous())
+            delayed = self.call(held_delay, held, rows)
+            self.update(held, self.call(held_tail, held, rows))  # (after `held` is read)
+            return self.swap(delayed)
         held = self.state(node, "delay", initial)
         window = self.call(torch.cat, [held, self.env[source.name]], axis)
         before = (slice(None),) * axis

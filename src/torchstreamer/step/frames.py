@@ -106,6 +106,46 @@ def held_delay(held: Tensor, rows: Tensor) -> Tensor:
     return torch.cat([held, head], -2)
 
 
+class LaggingRecurrent(nn.Module):
+    """A recurrent layer whose input lags the signal: the first ``skip`` values it sees are
+    from before the signal (nothing reads what they give), so it starts its state after them.
+    ``forward(x, hidden, skip)`` returns the output (zeros where skipped), the new hidden state
+    and the new ``skip``."""
+
+    def __init__(self, rnn: nn.RNNBase) -> None:
+        super().__init__()
+        self.rnn = rnn
+        self.axis = 1 if rnn.batch_first else 0
+        directions = 2 if rnn.bidirectional else 1
+        self.width = directions * (getattr(rnn, "proj_size", 0) or rnn.hidden_size)
+
+    def forward(self, x: Tensor, hidden: Any, skip: Tensor) -> tuple[Tensor, Any, Tensor]:
+        axis = self.axis if x.dim() == 3 else 0
+        count = x.shape[axis]
+        drop = min(int(skip), count)
+        if not drop:
+            y, hidden = self.rnn(x, hidden)
+            return y, hidden, skip
+        shape = list(x.shape)
+        shape[axis], shape[-1] = drop, self.width
+        parts = [x.new_zeros(shape)]
+        if count > drop:
+            y, hidden = self.rnn(x.narrow(axis, drop, count - drop), hidden)
+            parts.append(y)
+        return torch.cat(parts, axis), hidden, skip - drop
+
+
+def lagging_values(x: Tensor, skip: Tensor, axis: int) -> tuple[Tensor, Tensor]:
+    """``x`` with its first ``skip`` values along ``axis`` (from before the signal, where a
+    running op must not count them) set to zero, and the new ``skip``."""
+    drop = min(int(skip), x.shape[axis])
+    if not drop:
+        return x, skip
+    x = x.clone()
+    x.narrow(axis, 0, drop).zero_()
+    return x, skip - drop
+
+
 def held_product(
     held: Tensor, rows: Tensor, taps: Tensor, bias: Optional[Tensor], stride: int, dilation: int
 ) -> Tensor:
@@ -302,7 +342,7 @@ class _FrameBuilder(_Builder):
             axis = time_axis(output)
             assert axis is not None
             axes.append(axis)
-        self.graph.output((*outputs, *(value for _, value in self.state_nodes)))
+        self.graph.output((*outputs, *self.new_states()))
         for unused in reversed(list(self.graph.nodes)):  # transposes that swap() made redundant
             if unused.op == "call_method" and unused.target == "transpose" and not unused.users:
                 self.graph.erase_node(unused)
@@ -371,7 +411,7 @@ class _FrameBuilder(_Builder):
         """Refuse ``node`` if it carries a state from the start of the signal (``why`` says
         how) and its input lags or may be wrong at first (see ``dirty``): the frames would
         carry values from before the signal for ever."""
-        if offset < 0 or self.dirty.get(source.name, 0):
+        if (offset < 0 and not self.lookahead) or self.dirty.get(source.name, 0):
             raise refuse(
                 node,
                 f"it {why}, but its input lags the signal (a window without left padding before "
@@ -488,7 +528,13 @@ class _FrameBuilder(_Builder):
         else:
             initial = torch.zeros_like(value.narrow(axis, 0, 1))
         carry = self.state(node, "sum", initial)
-        total = self.call(torch.add, self.call(torch.cumsum, self.env[source.name], axis), carry)
+        x = self.env[source.name]
+        if offset < 0:  # a lagging input: its first values are from before the signal
+            skip = self.state(node, "skip", torch.tensor(-offset))
+            counted = self.call(lagging_values, x, skip, axis)
+            x = self.call(operator.getitem, counted, 0)
+            self.update(skip, self.call(operator.getitem, counted, 1))
+        total = self.call(torch.add, self.call(torch.cumsum, x, axis), carry)
         last = self.method("select", total, axis, -1)
         self.update(carry, self.method("unsqueeze", last, axis))
         self.env[node.name] = total
@@ -500,9 +546,16 @@ class _FrameBuilder(_Builder):
         h_state, c_state = self.recurrent_state(node, rnn, offset)
         lstm = c_state is not None
         name = f"recurrent_{len(self.states):02d}"
-        self.root.add_module(name, copy.deepcopy(rnn))  # weights copied, as for constants
+        layer = copy.deepcopy(rnn)  # weights copied, as for constants
         hidden_in = (h_state, c_state) if lstm else h_state
-        result = self.graph.call_module(name, (self.env[source.name], hidden_in))
+        if offset < 0:  # a lagging input: the layer starts after the values before the signal
+            skip = self.state(node, "skip", torch.tensor(-offset))
+            self.root.add_module(name, LaggingRecurrent(layer))
+            result = self.graph.call_module(name, (self.env[source.name], hidden_in, skip))
+            self.update(skip, self.call(operator.getitem, result, 2))
+        else:
+            self.root.add_module(name, layer)
+            result = self.graph.call_module(name, (self.env[source.name], hidden_in))
         hidden_out = self.call(operator.getitem, result, 1)
         if c_state is not None:
             self.update(h_state, self.call(operator.getitem, hidden_out, 0))
@@ -591,7 +644,8 @@ class _FrameBuilder(_Builder):
         """
         span = dilation * (kernel - 1) + 1
         dirty = self.dirty.get(source.name, 0)
-        if dirty or (offset < 0 and pad):  # reads values that should be padding, or are wrong
+        zeros_before = source.name == self.source._input.name  # (a phase's zeros: padding)
+        if dirty or (offset < 0 and pad and not zeros_before):  # reads wrong values
             self.dirty[node.name] = max(0, -(-(dirty + pad) // stride))
         available = offset + pad
         out_offset = (available + stride - span) // stride

@@ -181,6 +181,13 @@ class _Builder:
     def update(self, placeholder: fx.Node, value: fx.Node) -> None:
         self.state_nodes.append((placeholder, value))
 
+    def new_states(self) -> list[fx.Node]:
+        """Each state's new value, in the order of the states (whatever the updates' order)."""
+        order = {node: index for index, node in enumerate(self.graph.nodes)}
+        updates = sorted(self.state_nodes, key=lambda pair: order[pair[0]])
+        assert len(updates) == len(self.states), "every state has one new value"
+        return [value for _, value in updates]
+
     def arg(self, value: Any, squeeze_at: Optional[int] = None) -> Any:
         """A node argument in the step graph; constants are squeezed at ``squeeze_at`` (a
         dim counted from the right, as broadcasting counts) when they broadcast over time."""
@@ -296,7 +303,7 @@ class _Builder:
             axis = time_axis(output)
             assert axis is not None
             axes.append(axis)
-        self.graph.output((*outputs, *(value for _, value in self.state_nodes)))
+        self.graph.output((*outputs, *self.new_states()))
         shape = list(source._example_shape)
         del shape[source._axis]
         return StepGraph(self.graph, self.root, self.states, len(outputs), axes, shape)

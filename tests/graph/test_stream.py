@@ -491,3 +491,16 @@ def test_layers_name_leaves_and_mark_what_follows_a_recurrent_layer_unbounded() 
     assert by_op["MaxPool1d (leaf)"]["receptive_field"] == 4
     assert by_op["GRU (leaf)"]["window"] is None
     assert rows[-1]["receptive_field"] is None  # the head conv after the GRU
+
+
+# the models whose end-determined outputs follow a recurrent layer or a running sum (right
+# padding after unbounded memory): the frame engine refuses them, the interpreter streams them
+_INTERPRETED = {"conv_gru", "conv_lstm", "upsample_cumsum"}
+
+
+def test_the_frame_engine_runs_every_other_zoo_model(zoo) -> None:
+    for name, (_, stream) in zoo.items():
+        assert stream.engine.startswith("interpreter:" if name in _INTERPRETED else "frames of"), (
+            name,
+            stream.engine,
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import torch
@@ -10,7 +11,7 @@ from torch import fx
 from torchstreamer.errors import NotStreamableError
 from torchstreamer.graph.capture import time_symbol
 
-__all__ = ["describe", "refuse", "same_lengths", "time_axis", "time_length"]
+__all__ = ["describe", "length_period", "refuse", "same_lengths", "time_axis", "time_length"]
 
 
 def _value(node: Any) -> Any:
@@ -33,6 +34,68 @@ def time_length(node: fx.Node) -> Any:
     axis = time_axis(node)
     assert axis is not None
     return node.meta["val"].shape[axis].node.expr
+
+
+def length_period(graph: fx.Graph) -> Optional[int]:
+    """A number of samples ``P`` such that every length in ``graph`` (time axes, and sizes
+    computed from the length) changes by a whole constant when the signal gets ``P`` samples
+    longer: then a signal ``P * k`` samples shorter pads, crops and floors the same way at its
+    end. ``None`` where an expression is not of that kind.
+
+    Example: ``(T // 2) // 2`` and ``(-T) % 4`` have period 4.
+    """
+    import sympy
+
+    def period(expr: Any) -> Optional[int]:
+        if isinstance(expr, (sympy.Integer, sympy.Symbol)) or expr.is_number:
+            return 1
+        name = type(expr).__name__
+        if name in ("FloorDiv", "PythonMod", "Mod", "CleanDiv") and len(expr.args) == 2:
+            inner, divisor = expr.args
+            if not isinstance(divisor, sympy.Integer) or int(divisor) <= 0:
+                return None
+            base = period(inner)
+            if base is None:
+                return None
+            symbols = list(inner.free_symbols)
+            if len(symbols) != 1:  # a constant
+                return base
+            t = 1000 * base * int(divisor)  # (past the small lengths where floors clamp)
+            step = inner.subs(symbols[0], t + base) - inner.subs(symbols[0], t)
+            if not step.is_integer:
+                return None
+            return base * int(divisor) // math.gcd(int(step), int(divisor))
+        if isinstance(expr, (sympy.Add, sympy.Mul)):
+            if isinstance(expr, sympy.Mul) and any(
+                a.is_number and not a.is_integer for a in expr.args
+            ):
+                return None
+            total = 1
+            for arg in expr.args:
+                own = period(arg)
+                if own is None:
+                    return None
+                total = math.lcm(total, own)
+            return total
+        return None
+
+    total = 1
+    for node in graph.nodes:
+        value = _value(node)
+        sizes = (
+            list(value.shape)
+            if isinstance(value, torch.Tensor)
+            else [value]
+            if isinstance(value, torch.SymInt)
+            else []
+        )
+        for size in sizes:
+            if isinstance(size, torch.SymInt):
+                own = period(size.node.expr)
+                if own is None:
+                    return None
+                total = math.lcm(total, own)
+    return total
 
 
 def describe(node: fx.Node) -> str:

@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import random
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
@@ -40,7 +41,7 @@ from torch import Tensor
 
 from torchstreamer.base import BaseStream
 from torchstreamer.errors import NotStreamableError, StreamError
-from torchstreamer.graph.analysis import time_length
+from torchstreamer.graph.analysis import length_period, time_length
 
 if TYPE_CHECKING:
     from torchstreamer.graph.stream import GraphStream
@@ -81,7 +82,7 @@ def frame_engine(
         else:
             assert first is not None
             raise first
-        engine = FrameEngine(frames, source)
+        engine = FrameEngine(frames, source, int(example.shape[source._axis]))
     except NotStreamableError as error:
         return None, str(error)
     except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as error:
@@ -102,15 +103,21 @@ class FrameEngine(BaseStream):
     ``final`` the outputs that the end of the signal determines (right padding, the overlap of
     transposed convolutions, a window the end closes), come from the offline model run on the
     samples this engine keeps: the last ``history`` input samples (all of them while the first
-    outputs come).
+    outputs come). Where the model pads, crops or floors by amounts computed from the length
+    (``length_period``), the end entry's samples start a whole number of periods into the
+    signal, and the start entry pads its samples to a length the model accepts, so that both
+    compute what the whole signal gives.
     """
 
     _state_tensors = ("_history",)
     _state_ints = ("_seen", "_emitted", "_from_frames")
     frames: StepStream
+    _period: int
+    _head_period: int
+    _head_residue: int
     _history: Tensor
 
-    def __init__(self, frames: StepStream, source: GraphStream) -> None:
+    def __init__(self, frames: StepStream, source: GraphStream, example_length: int) -> None:
         super().__init__()
         self.frames = frames
         step = frames.step
@@ -133,12 +140,20 @@ class FrameEngine(BaseStream):
                         "follows; the interpreter streams this model."
                     )
                 history = max(history, int(arrivals[dirty - 1]) + self._frame)
-        if needs_end and source._length_dependent:
+        # the end entry's samples start a whole number of periods into the signal, so that the
+        # model pads, crops and floors them at the end as it does the whole signal
+        lengths_period = length_period(source._graph)
+        # a model may run only on some lengths (a U-Net's skips need a multiple of its strides):
+        # the start entry runs it on its first samples padded to a length like the example's
+        self._head_period = lengths_period or 1
+        self._head_residue = example_length % self._head_period
+        if needs_end and source._length_dependent and lengths_period is None:
             raise NotStreamableError(
                 "The end of the signal determines outputs of this model, and it pads or crops "
-                "by amounts computed from the signal's length, which the offline model on the "
-                "last samples would compute differently; the interpreter streams it."
+                "by amounts computed from the signal's length in a way the library cannot "
+                "follow (not floors and remainders of whole numbers); the interpreter streams it."
             )
+        self._period = math.lcm(self._frame, self._head_period)
         if needs_end:
             fields = [source.timing.receptive_field(name) for name in self._names]
             if any(field is None for field in fields):
@@ -148,7 +163,8 @@ class FrameEngine(BaseStream):
                     "unbounded (a recurrent layer or a running sum): no bounded history gives "
                     "them; the interpreter streams it."
                 )
-            history = max(history, max(int(f) for f in fields if f is not None) + 3 * self._frame)
+            field = max(int(f) for f in fields if f is not None)
+            history = max(history, field + 3 * self._frame + self._period - self._frame)
         self._size = history
         shape = list(step._input_shape)
         shape[self._axis] = history
@@ -283,10 +299,17 @@ class FrameEngine(BaseStream):
         axis = self._axis
         samples = torch.cat(window, axis) if window[0].shape[axis] else window[1]
         first = seen - samples.shape[axis]
-        start = 0 if head else max(-(-(seen - self._size) // self._frame) * self._frame, 0)
+        period = self._period  # (a whole number of frames)
+        start = 0 if head else max(-(-(seen - self._size) // period) * period, 0)
         assert start >= first, "the samples kept reach back far enough"
+        samples = samples.narrow(axis, start - first, seen - start)
+        if head and self._head_period > 1:  # (what the samples determine ignores the rest)
+            missing = (self._head_residue - samples.shape[axis]) % self._head_period
+            shape = list(samples.shape)
+            shape[axis] = missing
+            samples = torch.cat([samples, samples.new_zeros(shape)], axis)
         with torch.no_grad():
-            result = source.model(samples.narrow(axis, start - first, seen - start))
+            result = source.model(samples)
         return (list(result) if isinstance(result, tuple) else [result]), start
 
 

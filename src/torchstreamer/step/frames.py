@@ -35,6 +35,7 @@ from torchstreamer.graph.analysis import refuse, time_axis, time_length
 from torchstreamer.graph.handlers import (
     Aligned,
     Concatenation,
+    Interleave,
     ListHandler,
     ModuleStreamHandler,
     NearestUpsample,
@@ -478,6 +479,10 @@ class _FrameBuilder(_Builder):
             sizes = node.meta["val"].shape  # (int() of the time length would fix it)
             shape = [-1 if i == handler.axis else int(size) for i, size in enumerate(sizes)]
             self.env[node.name] = self.method("reshape", self.env[source.name], shape)
+        elif isinstance(handler, Interleave):  # each value gives `factor` whole values
+            self.env[node.name] = self.call(handler.step, [self.env[source.name]], False)
+            self.offset[node.name] = offset * handler.factor
+            self.dirty[node.name] = self.dirty.get(source.name, 0) * handler.factor
         elif isinstance(handler, NearestUpsample):
             self.env[node.name] = self.call(
                 torch.repeat_interleave, self.env[source.name], handler.factor, dim=handler.axis

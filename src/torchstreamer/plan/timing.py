@@ -222,6 +222,21 @@ def graph_timing(stream: GraphStream) -> Timing:
     )
 
 
+def carried_timing(stream: GraphStream) -> Timing:
+    """The timing of a graph stream in which every recurrent layer (and running sum) reads its
+    input step by step: what a stream that carries those layers' states, rather than recomputing
+    them, needs of the input (bounded receptive fields where the plain timing has none)."""
+    from torchstreamer.plan.rules import TimeRule as Rule
+    from torchstreamer.plan.rules import same_step
+
+    timing = stream.timing
+    rules = {
+        name: rule if rule.reads is not None else Rule(rule.rate, rule.ready, same_step)
+        for name, rule in timing.rules.items()
+    }
+    return Timing(rules, timing.inputs)
+
+
 def chain_timing(rules: list[TimeRule]) -> Timing:
     """The timing of layers one after the other (an ``nn.Sequential``'s streams)."""
     names = [f"{index}" for index in range(len(rules))]

@@ -31,13 +31,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from torchstreamer.base import BaseStream
 from torchstreamer.errors import NotStreamableError, StreamError
@@ -154,17 +156,25 @@ class FrameEngine(BaseStream):
                 "follow (not floors and remainders of whole numbers); the interpreter streams it."
             )
         self._period = math.lcm(self._frame, self._head_period)
+        # recurrent layers whose state the end entry carries on (see _carrying)
+        self._carried: list[tuple[nn.RNNBase, dict[str, str], Fraction]] = []
         if needs_end:
             fields = [source.timing.receptive_field(name) for name in self._names]
             if any(field is None for field in fields):
-                raise NotStreamableError(
-                    "The end of the signal determines outputs of this model (right padding or "
-                    "a transposed convolution's overlap) after a layer whose memory is "
-                    "unbounded (a recurrent layer or a running sum): no bounded history gives "
-                    "them; the interpreter streams it."
-                )
-            field = max(int(f) for f in fields if f is not None)
-            history = max(history, field + 3 * self._frame + self._period - self._frame)
+                from torchstreamer.step.frames import carried_history
+
+                self._carried = _carried_layers(source, step.carried)
+                carried = carried_history(source, self._frame)
+                if carried is None:
+                    raise NotStreamableError(
+                        "The end of the signal determines outputs of this model after a "
+                        "recurrent layer, and its receptive field stays unbounded with that "
+                        "layer's state carried on; the interpreter streams it."
+                    )
+                history = max(history, carried)
+            else:
+                field = max(int(f) for f in fields if f is not None)
+                history = max(history, field + 3 * self._frame + self._period - self._frame)
         self._size = history
         shape = list(step._input_shape)
         shape[self._axis] = history
@@ -257,7 +267,7 @@ class FrameEngine(BaseStream):
                 else:  # from the model run offline on the samples kept
                     stop = min(ready, dirty) if j < dirty else ready
                     if offline is None:
-                        offline, start_of_offline = self._offline(source, window, seen, head)
+                        offline, start_of_offline = self._offline(source, window, seen, head, final)
                     shift = int(self._counts[i] * start_of_offline / self._frame)
                     pieces.append(offline[i].narrow(out_axis, j - shift, stop - j))
                 j = stop
@@ -279,6 +289,31 @@ class FrameEngine(BaseStream):
             return None
         return tuple(results) if len(results) > 1 else results[0]
 
+    @contextlib.contextmanager
+    def _carrying(self, start: int, head: bool) -> Iterator[None]:
+        """While the end entry runs the model on its last samples (from input sample
+        ``start``): each carried recurrent layer returns the outputs its frames gave and runs
+        only over the values they have not run over, from the state they left. The model then
+        computes from the layer's true state, which no bounded history of samples gives."""
+        if head or not self._carried:
+            yield
+            return
+        step = self.frames.step.step_function
+        patched: list[nn.RNNBase] = []
+        try:
+            for layer, names, rate in self._carried:
+                first = start * rate
+                assert first.denominator == 1, "the end entry starts on a whole frame"
+                done = int(getattr(step, names["consumed"])) - int(first)
+                cell = getattr(step, names["cell"]) if names["cell"] else None
+                state = (getattr(step, names["hidden"]), cell)
+                layer.forward = _carried_forward(layer, done, getattr(step, names["last"]), state)
+                patched.append(layer)
+            yield
+        finally:
+            for layer in patched:
+                del layer.forward
+
     def _remember(self, x: Tensor) -> None:
         """Keep the last ``history`` input samples (all of them until there are that many)."""
         axis, size, seen, length = self._axis, self._size, self._seen, x.shape[self._axis]
@@ -291,7 +326,12 @@ class FrameEngine(BaseStream):
         history.copy_(joined.narrow(axis, joined.shape[axis] - size, size))
 
     def _offline(
-        self, source: GraphStream, window: tuple[Tensor, Tensor], seen: int, head: bool
+        self,
+        source: GraphStream,
+        window: tuple[Tensor, Tensor],
+        seen: int,
+        head: bool,
+        final: bool,
     ) -> tuple[list[Tensor], int]:
         """The model's outputs on the samples at hand (those kept and the block), and the input
         sample they start at: 0 while the first outputs come, else a whole number of frames
@@ -303,12 +343,12 @@ class FrameEngine(BaseStream):
         start = 0 if head else max(-(-(seen - self._size) // period) * period, 0)
         assert start >= first, "the samples kept reach back far enough"
         samples = samples.narrow(axis, start - first, seen - start)
-        if head and self._head_period > 1:  # (what the samples determine ignores the rest)
+        if head and not final and self._head_period > 1:  # (the samples' outputs ignore it)
             missing = (self._head_residue - samples.shape[axis]) % self._head_period
             shape = list(samples.shape)
             shape[axis] = missing
             samples = torch.cat([samples, samples.new_zeros(shape)], axis)
-        with torch.no_grad():
+        with torch.no_grad(), self._carrying(start, head):
             result = source.model(samples)
         return (list(result) if isinstance(result, tuple) else [result]), start
 
@@ -359,6 +399,62 @@ def _reproduces(engine: FrameEngine, source: GraphStream, example: Tensor) -> bo
         ):
             return False
     return True
+
+
+def _carried_layers(
+    source: GraphStream, carried: dict[str, dict[str, str]]
+) -> list[tuple[nn.RNNBase, dict[str, str], Fraction]]:
+    """The recurrent layers whose state an end entry carries on, with their states' names and
+    rates; refuses models whose unbounded memory is of another kind (a running sum), or whose
+    receptive field stays unbounded with the layers carried."""
+    from torchstreamer.graph.handlers import RecurrentHandler
+
+    timing = source.timing
+    sources = [n for n in timing.nodes if timing.rules[n].reads is None]
+    handlers = {n: source.handlers[n] for n in sources}
+    layers: list[nn.RNNBase] = [h.rnn for h in handlers.values() if isinstance(h, RecurrentHandler)]
+    plain = [n for n, h in handlers.items() if not isinstance(h, RecurrentHandler)]
+    if plain or any(n not in carried or not carried[n] for n in sources):
+        raise NotStreamableError(
+            "The end of the signal determines outputs of this model (right padding or a "
+            "transposed convolution's overlap) after a running sum (or a recurrent layer that "
+            "the frames do not run from the start of the signal): no bounded history gives "
+            "them; the interpreter streams it."
+        )
+    owned = [m for m in source.model.modules() if isinstance(m, nn.RNNBase)]
+    if len({id(m) for m in layers}) != len(layers) or any(
+        not any(m is layer for m in owned) for layer in layers
+    ):
+        raise NotStreamableError(
+            "The end entry carries recurrent layers' states into the model's own layers, but "
+            "a layer here is called more than once or is not one of the model's modules; the "
+            "interpreter streams it."
+        )
+    return [
+        (layer, carried[n], Fraction(source._rate_of(source._nodes[n])))
+        for n, layer in zip(sources, layers)
+    ]
+
+
+def _carried_forward(
+    layer: nn.RNNBase, done: int, last: Tensor, state: tuple[Tensor, Optional[Tensor]]
+) -> Callable[..., tuple[Tensor, Any]]:
+    """A ``forward`` for ``layer`` over the end entry's values: the first ``done`` outputs are
+    the last ones the frames gave (``last``), the rest run from the frames' ``state``."""
+    hidden, cell = state
+
+    def forward(x: Tensor, hx: Any = None) -> tuple[Tensor, Any]:
+        axis = (1 if layer.batch_first else 0) if x.dim() == 3 else 0
+        count, kept = x.shape[axis], last.shape[axis]
+        assert 0 <= done <= min(count, kept), "the samples kept reach back far enough"
+        carried: Any = (hidden, cell) if cell is not None else hidden
+        parts = [last.narrow(axis, kept - done, done)]
+        if count > done:
+            y, carried = type(layer).forward(layer, x.narrow(axis, done, count - done), carried)
+            parts.append(y)
+        return torch.cat(parts, axis), carried
+
+    return forward
 
 
 def _length_function(length: Any, symbol: Any) -> Callable[[int], int]:

@@ -107,33 +107,44 @@ def held_delay(held: Tensor, rows: Tensor) -> Tensor:
     return torch.cat([held, head], -2)
 
 
-class LaggingRecurrent(nn.Module):
-    """A recurrent layer whose input lags the signal: the first ``skip`` values it sees are
-    from before the signal (nothing reads what they give), so it starts its state after them.
-    ``forward(x, hidden, skip)`` returns the output (zeros where skipped), the new hidden state
-    and the new ``skip``."""
+class FrameRecurrent(nn.Module):
+    """A recurrent layer in frame code that streams blocks (lookahead): it skips the first
+    ``skip`` values when its input lags the signal (values from before the signal, which
+    nothing reads: it gives zeros for them), counts the values it has run over and keeps its
+    last ``keep`` outputs, so that the stream's end entry can carry its state on (see
+    :class:`~torchstreamer.step.engine.FrameEngine`).
 
-    def __init__(self, rnn: nn.RNNBase) -> None:
+    ``forward(x, hidden, skip, consumed, last)`` returns ``(y, hidden, skip, consumed, last)``.
+    """
+
+    def __init__(self, rnn: nn.RNNBase, keep: int) -> None:
         super().__init__()
         self.rnn = rnn
         self.axis = 1 if rnn.batch_first else 0
+        self.keep = keep
         directions = 2 if rnn.bidirectional else 1
         self.width = directions * (getattr(rnn, "proj_size", 0) or rnn.hidden_size)
 
-    def forward(self, x: Tensor, hidden: Any, skip: Tensor) -> tuple[Tensor, Any, Tensor]:
+    def forward(
+        self, x: Tensor, hidden: Any, skip: Tensor, consumed: Tensor, last: Tensor
+    ) -> tuple[Tensor, Any, Tensor, Tensor, Tensor]:
         axis = self.axis if x.dim() == 3 else 0
         count = x.shape[axis]
-        drop = min(int(skip), count)
-        if not drop:
-            y, hidden = self.rnn(x, hidden)
-            return y, hidden, skip
-        shape = list(x.shape)
-        shape[axis], shape[-1] = drop, self.width
-        parts = [x.new_zeros(shape)]
-        if count > drop:
-            y, hidden = self.rnn(x.narrow(axis, drop, count - drop), hidden)
-            parts.append(y)
-        return torch.cat(parts, axis), hidden, skip - drop
+        drop = min(int(skip), count) if count else 0
+        if drop < count:
+            y, hidden = self.rnn(x.narrow(axis, drop, count - drop) if drop else x, hidden)
+        else:
+            shape = list(x.shape)
+            shape[axis], shape[-1] = 0, self.width
+            y = x.new_zeros(shape)
+        if self.keep:
+            joined = torch.cat([last, y], axis)
+            last = joined.narrow(axis, joined.shape[axis] - self.keep, self.keep)
+        if drop:
+            shape = list(y.shape)
+            shape[axis] = drop
+            y = torch.cat([y.new_zeros(shape), y], axis)
+        return y, hidden, skip - drop, consumed + (count - drop), last
 
 
 def lagging_values(x: Tensor, skip: Tensor, axis: int) -> tuple[Tensor, Tensor]:
@@ -254,6 +265,8 @@ class _FrameBuilder(_Builder):
         # read values from before the signal where padding should be); the stream computes
         # those outputs offline from the first samples instead (GraphStream's start entry)
         self.dirty: dict[str, int] = {}
+        # per recurrent node: the names of its states that the end entry carries on
+        self.carried: dict[str, dict[str, str]] = {}
 
     # -- analysis -------------------------------------------------------------------------
 
@@ -354,7 +367,7 @@ class _FrameBuilder(_Builder):
             frame=self.frame, held_back=self.held_back(),
             drops_partial_frames=self.drops_partial_frames(),
             skips=[-self.offset[o.name] for o in source._outputs], phase=self.phase,
-            dirty=[self.dirty.get(o.name, 0) for o in source._outputs],
+            dirty=[self.dirty.get(o.name, 0) for o in source._outputs], carried=self.carried,
         )  # fmt: skip
 
     def frame_node(self, node: fx.Node) -> None:
@@ -553,11 +566,26 @@ class _FrameBuilder(_Builder):
         name = f"recurrent_{len(self.states):02d}"
         layer = copy.deepcopy(rnn)  # weights copied, as for constants
         hidden_in = (h_state, c_state) if lstm else h_state
-        if offset < 0:  # a lagging input: the layer starts after the values before the signal
-            skip = self.state(node, "skip", torch.tensor(-offset))
-            self.root.add_module(name, LaggingRecurrent(layer))
-            result = self.graph.call_module(name, (self.env[source.name], hidden_in, skip))
-            self.update(skip, self.call(operator.getitem, result, 2))
+        if self.lookahead and offset <= 0:  # see FrameRecurrent
+            names = {"hidden": self.states[-2 if lstm else -1].name}
+            names["cell"] = self.states[-1].name if lstm else ""
+            keep = self.carried_values(node)
+            x = self.values[source.name]
+            axis = (1 if rnn.batch_first else 0) if x.dim() == 3 else 0
+            output = self.values[node.name][0]
+            shape = list(output.shape)
+            shape[axis] = keep
+            states = [
+                self.state(node, "skip", torch.tensor(-offset)),
+                self.state(node, "consumed", torch.tensor(0)),
+                self.state(node, "last", output.new_zeros(shape)),
+            ]
+            names.update(zip(("skip", "consumed", "last"), (s.name for s in self.states[-3:])))
+            self.carried[node.name] = names
+            self.root.add_module(name, FrameRecurrent(layer, keep))
+            result = self.graph.call_module(name, (self.env[source.name], hidden_in, *states))
+            for index, state in enumerate(states):
+                self.update(state, self.call(operator.getitem, result, 2 + index))
         else:
             self.root.add_module(name, layer)
             result = self.graph.call_module(name, (self.env[source.name], hidden_in))
@@ -568,6 +596,14 @@ class _FrameBuilder(_Builder):
         else:
             self.update(h_state, hidden_out)
         self.env[node.name] = [self.call(operator.getitem, result, 0), None, None]
+
+    def carried_values(self, node: fx.Node) -> int:
+        """How many of a recurrent layer's last outputs the stream's end entry may need (0
+        where no end entry can carry the layer's state: see ``carried_history``)."""
+        history = carried_history(self.source, self.frame)
+        if history is None:
+            return 0
+        return math.ceil(history * self.source._rate_of(node)) + 2
 
     def module_window(self, node: fx.Node, module: nn.Module, offset: int) -> None:
         source = node.args[0]
@@ -598,12 +634,15 @@ class _FrameBuilder(_Builder):
         groups = module.groups
         self.frame_window(node, source, kernel, stride, dilation, pad, offset, "conv", w, b, groups)
 
-    def held_window(self, node: fx.Node, source: fx.Node, offset: int, keep: int) -> fx.Node:
+    def held_window(
+        self, node: fx.Node, source: fx.Node, offset: int, keep: int, x: Optional[fx.Node] = None
+    ) -> fx.Node:
         """``[state, frame]`` along the last axis, where the state holds the ``keep`` inputs
         before the frame (at first: zeros for padding, then the input's values before the
         signal) and is written back from the window's tail."""
         held = self.state(node, "window", self.held_initial(source, offset, keep))
-        window = self.call(torch.cat, [held, self.env[source.name]], -1)
+        x = self.env[source.name] if x is None else x
+        window = self.call(torch.cat, [held, x], -1)
         self.update(held, self.call(operator.getitem, window, _tail(-keep, 0)))
         return window
 
@@ -649,7 +688,15 @@ class _FrameBuilder(_Builder):
         """
         span = dilation * (kernel - 1) + 1
         dirty = self.dirty.get(source.name, 0)
+        x = self.env[source.name]
         zeros_before = source.name == self.source._input.name  # (a phase's zeros: padding)
+        if offset < 0 and pad and not zeros_before and not dirty and kind == "conv":
+            # a lagging input's values from before the signal, zeroed, are the zero padding
+            skip = self.state(node, "lag", torch.tensor(-offset))
+            zeroed = self.call(lagging_values, x, skip, -1)
+            x = self.call(operator.getitem, zeroed, 0)
+            self.update(skip, self.call(operator.getitem, zeroed, 1))
+            zeros_before = True
         if dirty or (offset < 0 and pad and not zeros_before):  # reads wrong values
             self.dirty[node.name] = max(0, -(-(dirty + pad) // stride))
         available = offset + pad
@@ -665,7 +712,6 @@ class _FrameBuilder(_Builder):
             )
         self.offset[node.name] = out_offset
         keep = available - out_offset * stride  # inputs before the frame that the frame reads
-        x = self.env[source.name]
         extra = (keep - span) // stride + 1  # outputs past the frame's last one
         if kind == "conv" and groups == 1:
             assert weight is not None
@@ -686,7 +732,7 @@ class _FrameBuilder(_Builder):
             self.env[node.name] = self.swap(y)
             return
         if keep > 0:
-            window = self.held_window(node, source, offset, keep)
+            window = self.held_window(node, source, offset, keep, x)
         elif keep < 0:
             window = self.call(operator.getitem, x, _tail(-keep, 0))
         else:
@@ -783,6 +829,21 @@ class _FrameBuilder(_Builder):
         if keep or extra:
             y = self.call(operator.getitem, y, _tail(keep * stride, extra))
         self.env[node.name] = y
+
+
+def carried_history(source: GraphStream, frame: int) -> Optional[int]:
+    """The input samples an end entry that carries recurrent layers' states keeps: the widest
+    receptive field with those layers read step by step, three frames, and a period of the
+    model's length arithmetic; ``None`` where that field is unbounded."""
+    from torchstreamer.graph.analysis import length_period
+    from torchstreamer.plan.timing import carried_timing
+
+    timing = carried_timing(source)
+    fields = [timing.receptive_field(output.name) for output in source._outputs]
+    if any(field is None for field in fields):
+        return None
+    period = math.lcm(frame, length_period(source._graph) or 1)
+    return max(int(field) for field in fields if field is not None) + 3 * frame + period
 
 
 def build_frame_graph(

@@ -112,6 +112,8 @@ class StepGraph:
     phase: int = 0  # input samples from before the signal that the first frame starts with
     # per output: how many first values a lagging frame graph may get wrong (computed offline)
     dirty: list[int] = field(default_factory=list)
+    # per recurrent node of a lagging frame graph: the names of the states an end entry carries
+    carried: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class _Value:

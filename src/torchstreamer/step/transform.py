@@ -83,6 +83,8 @@ class StepModel(nn.Module):
         self.phase = step.phase  # samples from before the signal that the first frame takes
         # per output: first values that a lagging frame model may get wrong (computed offline)
         self.dirty: tuple[int, ...] = tuple(step.dirty) or (0,) * step.outputs
+        # per recurrent node (a lagging frame model): its states that the end entry carries on
+        self.carried: dict[str, dict[str, str]] = dict(step.carried)
         self.state_names: tuple[str, ...] = tuple(spec.name for spec in step.states)
         self.output_axes: tuple[int, ...] = tuple(step.output_axes)
         self.layers: tuple[str, ...] = tuple(spec.layer for spec in step.states)

@@ -112,7 +112,7 @@ class FrameEngine(BaseStream):
     """
 
     _state_tensors = ("_history",)
-    _state_ints = ("_seen", "_emitted", "_from_frames")
+    _state_ints = ("_seen", "_emitted", "_from_frames", "_seeded")
     frames: StepStream
     _period: int
     _head_period: int
@@ -175,6 +175,13 @@ class FrameEngine(BaseStream):
             else:
                 field = max(int(f) for f in fields if f is not None)
                 history = max(history, field + 3 * self._frame + self._period - self._frame)
+        # recurrent layers that skip the values the frames get wrong at first: the stream
+        # seeds their state from the model run offline on the first samples (see _seed)
+        self._seeds = _seeded_layers(source, step.carried)
+        for _, _, dirty, name in self._seeds:
+            arrivals = source.timing.arrivals(name)
+            history = max(history, int(arrivals[min(dirty, arrivals.numel()) - 1]) + self._frame)
+        self._seeded = 0
         self._size = history
         shape = list(step._input_shape)
         shape[self._axis] = history
@@ -190,6 +197,7 @@ class FrameEngine(BaseStream):
 
     def reset(self) -> None:
         self.frames.reset()
+        self._seeded = 0
         self._seen = 0
         self._emitted = [0] * len(self._names)
         self._from_frames = [0] * len(self._names)
@@ -201,6 +209,7 @@ class FrameEngine(BaseStream):
         state["_seen"] = torch.tensor(self._seen)
         state["_emitted"] = torch.tensor(self._emitted, dtype=torch.int64)
         state["_from_frames"] = torch.tensor(self._from_frames, dtype=torch.int64)
+        state["_seeded"] = torch.tensor(self._seeded)
         return state
 
     def set_state(self, state: dict[str, Tensor]) -> None:
@@ -212,7 +221,7 @@ class FrameEngine(BaseStream):
                 f"The state does not fit this stream: missing {sorted(set(own) - set(state))}, "
                 f"unexpected {sorted(set(state) - set(own))}."
             )
-        for key in ("_history", "_seen", "_emitted", "_from_frames"):
+        for key in ("_history", "_seen", "_emitted", "_from_frames", "_seeded"):
             value, mine = state[key], own[key]
             if value.shape != mine.shape or value.dtype != mine.dtype:
                 raise StreamError(
@@ -229,6 +238,7 @@ class FrameEngine(BaseStream):
         self._seen = int(state["_seen"])
         self._emitted = [int(v) for v in state["_emitted"].tolist()]
         self._from_frames = [int(v) for v in state["_from_frames"].tolist()]
+        self._seeded = int(state["_seeded"])
 
     def run(
         self, x: Tensor, final: bool, source: GraphStream
@@ -237,6 +247,8 @@ class FrameEngine(BaseStream):
         axis = self._axis
         length = x.shape[axis]
         seen = self._seen + length
+        if self._seeds and not self._seeded and not final:
+            self._seed(source, x, seen)  # (before the frames run past the values it seeds)
         framed = self.frames._stream(x, False)  # whole frames; the rest waits, or ends below
         parts = list(framed) if isinstance(framed, tuple) else [framed]
         kept = min(self._seen, self._size)
@@ -288,6 +300,47 @@ class FrameEngine(BaseStream):
         if all(r.dim() <= 1 and r.numel() == 0 for r in results):
             return None
         return tuple(results) if len(results) > 1 else results[0]
+
+    def _seed(self, source: GraphStream, x: Tensor, seen: int) -> None:
+        """Once the samples determine the first values that the frames get wrong at a
+        recurrent layer's input, run the model offline on them and start the layer's frame
+        state after them: the hidden state, the outputs and the count the frames would have
+        had."""
+        if any(source.timing.count_at(name, seen) < dirty for _, _, dirty, name in self._seeds):
+            return
+        axis = self._axis
+        assert self._seen <= self._size, "the samples kept reach back to the start"
+        samples = torch.cat([self._history.narrow(axis, 0, self._seen), x], axis)
+        missing = (self._head_residue - seen) % self._head_period  # (a length the model takes)
+        shape = list(samples.shape)
+        shape[axis] = missing
+        samples = torch.cat([samples, samples.new_zeros(shape)], axis)
+        inputs: dict[int, Tensor] = {}
+        layers = [layer for layer, _, _, _ in self._seeds]
+        try:
+            for layer in layers:
+                layer.forward = _recording_forward(layer, inputs)
+            with torch.no_grad():
+                source.model(samples)
+        finally:
+            for layer in layers:
+                del layer.forward
+        step = self.frames.step.step_function
+        with torch.no_grad():
+            for layer, names, dirty, _ in self._seeds:
+                values = inputs[id(layer)]
+                at = (1 if layer.batch_first else 0) if values.dim() == 3 else 0
+                y, hidden = type(layer).forward(layer, values.narrow(at, 0, dirty))
+                h, c = hidden if isinstance(hidden, tuple) else (hidden, None)
+                getattr(step, names["hidden"]).copy_(h)
+                if c is not None:
+                    getattr(step, names["cell"]).copy_(c)
+                getattr(step, names["consumed"]).fill_(dirty)
+                last = getattr(step, names["last"])
+                if last.shape[at]:
+                    joined = torch.cat([last, y], at)
+                    last.copy_(joined.narrow(at, joined.shape[at] - last.shape[at], last.shape[at]))
+        self._seeded = 1
 
     @contextlib.contextmanager
     def _carrying(self, start: int, head: bool) -> Iterator[None]:
@@ -434,6 +487,42 @@ def _carried_layers(
         (layer, carried[n], Fraction(source._rate_of(source._nodes[n])))
         for n, layer in zip(sources, layers)
     ]
+
+
+def _seeded_layers(
+    source: GraphStream, carried: dict[str, dict[str, str]]
+) -> list[tuple[nn.RNNBase, dict[str, str], int, str]]:
+    """The recurrent layers of a frame graph that skip values the frames get wrong at first,
+    with their states' names, how many values they skip so, and their node's name."""
+    from torchstreamer.graph.handlers import RecurrentHandler
+
+    seeds = []
+    for name, names in carried.items():
+        dirty = int(names.get("dirty", "0"))
+        handler = source.handlers[name]
+        if dirty and isinstance(handler, RecurrentHandler):
+            seeds.append((handler.rnn, names, dirty, name))
+    owned = [m for m in source.model.modules() if isinstance(m, nn.RNNBase)]
+    layers = [layer for layer, _, _, _ in seeds]
+    if len({id(m) for m in layers}) != len(layers) or any(
+        not any(m is layer for m in owned) for layer in layers
+    ):
+        raise NotStreamableError(
+            "A recurrent layer reads values that the frames get wrong at first, and the stream "
+            "would seed its state from the model's own layer, but the layer is called more "
+            "than once or is not one of the model's modules; the interpreter streams it."
+        )
+    return seeds
+
+
+def _recording_forward(layer: nn.RNNBase, inputs: dict[int, Tensor]) -> Callable[..., Any]:
+    """A ``forward`` for ``layer`` that records its input under ``id(layer)``."""
+
+    def forward(x: Tensor, hx: Any = None) -> Any:
+        inputs[id(layer)] = x
+        return type(layer).forward(layer, x, hx)
+
+    return forward
 
 
 def _carried_forward(

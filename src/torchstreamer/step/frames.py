@@ -109,9 +109,10 @@ def held_delay(held: Tensor, rows: Tensor) -> Tensor:
 
 class FrameRecurrent(nn.Module):
     """A recurrent layer in frame code that streams blocks (lookahead): it skips the first
-    ``skip`` values when its input lags the signal (values from before the signal, which
-    nothing reads: it gives zeros for them), counts the values it has run over and keeps its
-    last ``keep`` outputs, so that the stream's end entry can carry its state on (see
+    ``skip`` values (those from before the signal when its input lags, which nothing reads, and
+    those the frames get wrong at first, whose outputs the stream computes offline: it gives
+    zeros for them), counts the values it has run over and keeps its last ``keep`` outputs, so
+    that the stream can seed its state and its end entry carry it on (see
     :class:`~torchstreamer.step.engine.FrameEngine`).
 
     ``forward(x, hidden, skip, consumed, last)`` returns ``(y, hidden, skip, consumed, last)``.
@@ -472,7 +473,8 @@ class _FrameBuilder(_Builder):
             self.module_window(node, module, offset)
             self.env[node.name] = [self.env[node.name]]
         elif isinstance(handler, RecurrentHandler):
-            self.clean(node, source, offset, "carries a state from the start of the signal")
+            if not (self.lookahead and offset <= 0):  # (else it starts later: FrameRecurrent)
+                self.clean(node, source, offset, "carries a state from the start of the signal")
             self.recurrent(node, handler.rnn, offset)
         elif isinstance(handler, ModuleStreamHandler):
             self.module_window(node, handler.holder, offset)
@@ -575,8 +577,12 @@ class _FrameBuilder(_Builder):
             output = self.values[node.name][0]
             shape = list(output.shape)
             shape[axis] = keep
+            # it also skips the values that the frames get wrong at first (`dirty`): the
+            # stream seeds its state from the model run offline on the first samples
+            dirty = self.dirty.get(source.name, 0)
+            names["dirty"] = str(dirty)
             states = [
-                self.state(node, "skip", torch.tensor(-offset)),
+                self.state(node, "skip", torch.tensor(-offset + dirty)),
                 self.state(node, "consumed", torch.tensor(0)),
                 self.state(node, "last", output.new_zeros(shape)),
             ]

@@ -43,9 +43,12 @@ $(DEMO_STAMP): $(BASE_STAMP) pyproject.toml $(PINS)
 	$(PIP) -c $(PINS) -e ".[demo]"
 	touch $@
 
-# bench: the peer libraries, which tests/test_bench_peers.py checks against the offline models
-$(TEST_STAMP): $(BASE_STAMP) pyproject.toml $(PINS)
+# bench: the peer libraries, which tests/test_bench_peers.py checks against the offline models;
+# then the published models that tests/real streams as shipped (no deps: see the file)
+REAL := requirements/real-models.txt
+$(TEST_STAMP): $(BASE_STAMP) pyproject.toml $(PINS) $(REAL)
 	$(PIP) -c $(PINS) -e ".[dev,onnx,cli,audio,demo,bench]"
+	$(PIP) --no-deps -r $(REAL)
 	touch $@
 
 $(BENCH_STAMP): $(BASE_STAMP) pyproject.toml $(PINS)

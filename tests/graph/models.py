@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -212,3 +214,57 @@ class Interleaved(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self.a(x), self.b(x)
         return torch.stack([a, b], -1).view(x.shape[0], 3, 2 * x.shape[-1])
+
+
+class ExtraPadded(nn.Module):
+    """EnCodec's ``SConv1d``: reflect padding on the left, and on the right the padding that
+    completes the last stride, computed from the length with ``math.ceil`` (always 0 for
+    stride 1)."""
+
+    def __init__(self, stride: int, causal: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 3, 2 * stride, stride=stride)
+        self.causal = causal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel, stride = self.conv.kernel_size[0], self.conv.stride[0]
+        total = kernel - stride
+        frames = (x.shape[-1] - kernel + total) / stride + 1
+        extra = (math.ceil(frames) - 1) * stride + (kernel - total) - x.shape[-1]
+        if self.causal:
+            return self.conv(F.pad(x, (total, extra), mode="reflect"))
+        right = total // 2
+        return self.conv(F.pad(x, (total - right, right + extra), mode="reflect"))
+
+
+class DeadStateUpdate(nn.Module):
+    """Moshi's ``StreamingConv1d`` run offline: it updates a local streaming state that no
+    output reads, and ``torch.tensor(x.shape)`` feeds only a check."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = torch.tensor(x.shape)
+        previous = torch.zeros(x.shape[0], x.shape[1], 2)
+        joined = torch.cat([previous, x], -1)
+        previous.copy_(joined[..., -2:])  # the state for the next call: dropped offline
+        assert len(shape) == 3
+        return self.conv(joined)
+
+
+class TrimmedUpsampler(nn.Module):
+    """EnCodec's causal decoder end: a transposed convolution trimmed on the right, then a
+    reflect-padded convolution. The frames give outputs while the first ones still come from
+    the offline start (reflect padding), so those wait for them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv1d(4, 4, 7, padding=3, padding_mode="reflect")
+        self.up = nn.ConvTranspose1d(4, 2, 8, stride=4)
+        self.last = nn.Conv1d(2, 1, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(F.elu(self.first(x)))[..., :-4]
+        return self.last(F.pad(F.elu(h), (6, 0), mode="reflect"))

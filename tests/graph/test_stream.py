@@ -43,6 +43,11 @@ ZOO = {
     "pad_to_multiple": (models.PadToMultiple, [1, 1, 64]),
     "cropped_skip": (models.CroppedSkip, [2, 1, 64]),
     "interleaved": (models.Interleaved, [2, 2, 64]),
+    "extra_padded_1": (lambda: models.ExtraPadded(1), [1, 2, 64]),
+    "extra_padded_4": (lambda: models.ExtraPadded(4), [1, 2, 64]),
+    "extra_padded_centred": (lambda: models.ExtraPadded(2, causal=False), [2, 2, 64]),
+    "dead_state_update": (models.DeadStateUpdate, [2, 2, 64]),
+    "trimmed_upsampler": (models.TrimmedUpsampler, [1, 4, 16]),
 }
 
 

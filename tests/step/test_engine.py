@@ -245,6 +245,14 @@ def test_the_end_entry_carries_a_recurrent_layers_state_on(
         assert_matches(run_stream(stream, x, split_lengths(length, sizes)), model(x))
 
 
+@pytest.mark.parametrize("length", [8, 40, 90])
+def test_a_whole_signal_with_final_seeds_and_carries_the_recurrent_state(length: int) -> None:
+    model, stream = _encodec_shaped(nn.LSTM, "reflect")
+    x = torch.randn(1, 1, length)
+    with torch.no_grad():
+        assert_matches(run_stream(stream, x, []), model(x))  # one call, final=True
+
+
 @functools.cache
 def _encodec_shaped(kind: type[nn.RNNBase], mode: str) -> tuple[nn.Module, pts.GraphStream]:
     model = EncodecShaped(kind, mode).eval()

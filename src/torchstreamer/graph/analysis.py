@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any, Optional
 
 import torch
@@ -11,7 +12,15 @@ from torch import fx
 from torchstreamer.errors import NotStreamableError
 from torchstreamer.graph.capture import time_symbol
 
-__all__ = ["describe", "length_period", "refuse", "same_lengths", "time_axis", "time_length"]
+__all__ = [
+    "describe",
+    "expression_period",
+    "length_period",
+    "refuse",
+    "same_lengths",
+    "time_axis",
+    "time_length",
+]
 
 
 def _value(node: Any) -> Any:
@@ -36,40 +45,48 @@ def time_length(node: fx.Node) -> Any:
     return node.meta["val"].shape[axis].node.expr
 
 
-def length_period(graph: fx.Graph) -> Optional[int]:
-    """A number of samples ``P`` such that every length in ``graph`` (time axes, and sizes
-    computed from the length) changes by a whole constant when the signal gets ``P`` samples
-    longer: then a signal ``P * k`` samples shorter pads, crops and floors the same way at its
-    end. ``None`` where an expression is not of that kind.
-
-    Example: ``(T // 2) // 2`` and ``(-T) % 4`` have period 4.
-    """
+def expression_period(expr: Any) -> Optional[int]:
+    """A number of samples ``P`` such that the length expression ``expr`` (sympy, in the
+    signal's length) grows by a constant every ``P`` samples, far from the start; ``None``
+    where it is not of that kind (see :func:`length_period`)."""
     import sympy
 
+    def step(expr: Any, base: int) -> Optional[Fraction]:
+        """How much ``expr`` grows over ``base`` samples, far from the start (a fraction)."""
+        symbols = list(expr.free_symbols)
+        if len(symbols) != 1:
+            return Fraction(0)
+        t = 1000 * base + 7919  # (past the short lengths where floors and ceilings clamp)
+        try:
+            grown = float(expr.subs(symbols[0], t + base) - expr.subs(symbols[0], t))
+        except (TypeError, ValueError):
+            return None
+        return Fraction(grown).limit_denominator(1 << 20)
+
+    def floored(inner: Any) -> Optional[int]:
+        """The period of an integer part of ``inner``: until ``inner`` grows by a whole."""
+        base = period(inner)
+        grown = step(inner, base) if base is not None else None
+        return None if base is None or grown is None else base * grown.denominator
+
     def period(expr: Any) -> Optional[int]:
-        if isinstance(expr, (sympy.Integer, sympy.Symbol)) or expr.is_number:
+        if isinstance(expr, sympy.Symbol) or expr.is_number:
             return 1
         name = type(expr).__name__
         if name in ("FloorDiv", "PythonMod", "Mod", "CleanDiv") and len(expr.args) == 2:
             inner, divisor = expr.args
             if not isinstance(divisor, sympy.Integer) or int(divisor) <= 0:
                 return None
-            base = period(inner)
-            if base is None:
+            return floored(inner / divisor)
+        if name in ("CeilToInt", "FloorToInt", "TruncToInt") and len(expr.args) == 1:
+            return floored(expr.args[0])  # (EnCodec: ceil((T - k + p) / stride + 1))
+        if name in ("IntTrueDiv", "FloatTrueDiv") and len(expr.args) == 2:
+            if not expr.args[1].is_number:
                 return None
-            symbols = list(inner.free_symbols)
-            if len(symbols) != 1:  # a constant
-                return base
-            t = 1000 * base * int(divisor)  # (past the small lengths where floors clamp)
-            step = inner.subs(symbols[0], t + base) - inner.subs(symbols[0], t)
-            if not step.is_integer:
-                return None
-            return base * int(divisor) // math.gcd(int(step), int(divisor))
+            return period(expr.args[0])
         if isinstance(expr, (sympy.Add, sympy.Mul)):
-            if isinstance(expr, sympy.Mul) and any(
-                a.is_number and not a.is_integer for a in expr.args
-            ):
-                return None
+            if isinstance(expr, sympy.Mul) and sum(not a.is_number for a in expr.args) > 1:
+                return None  # (a product of two lengths)
             total = 1
             for arg in expr.args:
                 own = period(arg)
@@ -79,6 +96,17 @@ def length_period(graph: fx.Graph) -> Optional[int]:
             return total
         return None
 
+    return period(expr)
+
+
+def length_period(graph: fx.Graph) -> Optional[int]:
+    """A number of samples ``P`` such that every length in ``graph`` (time axes, and sizes
+    computed from the length) changes by a whole constant when the signal gets ``P`` samples
+    longer: then a signal ``P * k`` samples shorter pads, crops and floors the same way at its
+    end. ``None`` where an expression is not of that kind.
+
+    Example: ``(T // 2) // 2`` and ``(-T) % 4`` have period 4, ``ceil((T - 1) / 2 + 1)`` 2.
+    """
     total = 1
     for node in graph.nodes:
         value = _value(node)
@@ -91,7 +119,7 @@ def length_period(graph: fx.Graph) -> Optional[int]:
         )
         for size in sizes:
             if isinstance(size, torch.SymInt):
-                own = period(size.node.expr)
+                own = expression_period(size.node.expr)
                 if own is None:
                     return None
                 total = math.lcm(total, own)

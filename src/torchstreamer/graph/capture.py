@@ -14,7 +14,7 @@ import threading
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from torchstreamer.errors import NotStreamableError
 from torchstreamer.graph.leaves import leaves_swapped, registered_output_channels
@@ -22,7 +22,7 @@ from torchstreamer.graph.leaves import leaves_swapped, registered_output_channel
 if TYPE_CHECKING:
     from torch.export import ExportedProgram
 
-__all__ = ["capture", "time_symbol"]
+__all__ = ["capture", "prune_unused", "time_symbol"]
 
 _ONE_AT_A_TIME = threading.RLock()
 # words of torch.export's errors when a model forces or constrains the dynamic length
@@ -106,3 +106,29 @@ def _check_runs(model: nn.Module, example: torch.Tensor) -> None:
             f"offline on the example input shaped {list(example.shape)}); fix the model or give "
             "an example that it accepts."
         ) from error
+
+
+def prune_unused(graph: fx.Graph) -> int:
+    """Erase the nodes of a captured graph whose values reach no output: a model run offline
+    may compute what only its own streaming mode reads (moshi's convolutions update a local
+    state they then drop; ``torch.tensor(x.shape)`` feeds only an assert). An in-place op stays
+    when a kept node reads the tensor it writes after it. Returns how many nodes went."""
+    kept: set[fx.Node] = set()
+    order = {node: index for index, node in enumerate(graph.nodes)}
+    for node in reversed(list(graph.nodes)):
+        if node.op in ("output", "placeholder") or any(user in kept for user in node.users):
+            kept.add(node)
+            continue
+        schema = getattr(node.target, "_schema", None)
+        if schema is not None and schema.is_mutable and node.args:
+            written = node.args[0]
+            if isinstance(written, fx.Node) and any(
+                user in kept and order[user] > order[node] for user in written.users
+            ):
+                kept.add(node)
+    erased = 0
+    for node in reversed(list(graph.nodes)):
+        if node not in kept and not node.users:
+            graph.erase_node(node)
+            erased += 1
+    return erased

@@ -19,7 +19,14 @@ import torch
 from torch import Tensor, fx, nn
 
 from torchstreamer.base import BaseStream, Stateful
-from torchstreamer.graph.analysis import refuse, same_lengths, time_axis, time_length
+from torchstreamer.errors import StreamInputError
+from torchstreamer.graph.analysis import (
+    expression_period,
+    refuse,
+    same_lengths,
+    time_axis,
+    time_length,
+)
 from torchstreamer.graph.leaves import LEAF_OP
 from torchstreamer.plan.rules import (
     PER_STEP,
@@ -286,6 +293,22 @@ class ModuleStreamHandler(Handler):
         return y
 
 
+def _pad_amounts(node: fx.Node) -> Optional[list[int]]:
+    """Every amount a pad computed from the signal's length takes (a periodic, bounded size such
+    as EnCodec's extra padding: 0 to stride - 1), or ``None`` if it grows with the length."""
+    expression = node.meta["val"].node.expr
+    period = expression_period(expression)
+    if period is None:
+        return None
+    amount = _length_function(node)
+    far = 1000 * period + 7919
+    if amount(far + period) != amount(far):
+        return None
+    return sorted(
+        {max(0, amount(n)) for n in [*range(1, 2 * period + 64), *range(far, far + period)]}
+    )
+
+
 def _length_function(node: fx.Node) -> Callable[[int], int]:
     """The value of a size computed from the signal's length (a symbolic node), as a function
     of the length of the model's input."""
@@ -298,21 +321,40 @@ def _length_function(node: fx.Node) -> Callable[[int], int]:
     return value
 
 
+class ResolvedPadding(ModuleStreamHandler):
+    """Padding whose length the model computes from the signal's but which is the same for
+    every length (EnCodec's extra padding of a stride-1 layer: always 0)."""
+
+
 class LengthPadding(ModuleStreamHandler):
-    """Constant right padding whose length depends on the whole signal's
-    (``F.pad(x, (0, (-x.shape[-1]) % 4))``, EnCodec's extra padding): the samples go through as
-    they come, and the padding follows when the signal ends, once its length is known."""
+    """Right padding whose length depends on the whole signal's (``F.pad(x, (0, (-x.shape[-1])
+    % 4))``, EnCodec's extra padding, constant or reflect): the samples go through as they come,
+    and the padding follows when the signal ends, once its length is known (a reflect or
+    replicate stream keeps the last samples for the largest amount)."""
 
     def __init__(
-        self, stream: BaseStream, holder: nn.Module, channels: int, amount: Callable[[int], int]
+        self, stream: Pad1dStream, holder: nn.Module, channels: int, amount: Callable[[int], int]
     ) -> None:
         super().__init__(stream, holder, (), channels)
         self.amount = amount
         self.signal_length = 0  # the model input's length, set by the graph stream at the end
 
+    @property
+    def pad(self) -> Pad1dStream:
+        assert isinstance(self.stream, Pad1dStream)
+        return self.stream
+
     def step(self, args: list[Any], final: bool) -> Any:
         if final:
-            self.stream._right = max(0, self.amount(self.signal_length))
+            amount = max(0, self.amount(self.signal_length))
+            room = self.pad._tail_cap - 1  # (samples kept to reflect or replicate)
+            if self.pad._mode != "constant" and amount > room:
+                raise StreamInputError(
+                    f"{self.pad._label} pads {amount} samples on the right for a signal of "
+                    f"{self.signal_length} samples, more than the {room} it keeps for that; "
+                    "stream a longer signal."
+                )
+            self.pad._right = amount
         return super().step(args, final)
 
 
@@ -402,8 +444,20 @@ def _window_handler(node: fx.Node, axis: int) -> Optional[Handler]:
             )
         tail = raw[1] if len(raw) > 1 and isinstance(raw[1], fx.Node) else None
         pads = [0 if isinstance(p, fx.Node) else int(p) for p in raw]
-        sides = (pads[0], pads[1])
         mode = args[2] if target is aten.pad.default and args[2] is not None else "constant"
+        amounts = _pad_amounts(tail) if tail is not None else None
+        if amounts is not None and len(set(amounts)) == 1:  # (EnCodec's stride-1 layers: 0)
+            tail, pads[1] = None, amounts[0]
+        if tail is not None and mode != "constant":  # a bounded amount: kept room for it
+            if amounts is None:
+                raise refuse(
+                    node,
+                    f"its right {mode} padding has a length that depends on the whole signal "
+                    "and is not bounded",
+                    "pad with a constant, or by a fixed amount",
+                )
+            pads[1] = max(amounts)
+        sides = (pads[0], pads[1])
         value = args[3] if target is aten.pad.default else args[2]
         if axis != rank - 1 or any(pads[2:]):
             raise refuse(node, "it pads axes other than time", "pad only the last (time) axis")
@@ -422,16 +476,11 @@ def _window_handler(node: fx.Node, axis: int) -> Optional[Handler]:
             pad_module = nn.ReplicationPad1d(sides)
         channels = int(node.meta["val"].shape[-2])
         if tail is not None:
-            if mode != "constant":
-                raise refuse(
-                    node,
-                    f"its right {mode} padding has a length that depends on the whole signal",
-                    "pad with a constant, or by a fixed amount",
-                )
             return LengthPadding(
                 Pad1dStream(pad_module, "model"), pad_module, channels, _length_function(tail)
             )
-        return ModuleStreamHandler(Pad1dStream(pad_module, "model"), pad_module, (), channels)
+        handler = ResolvedPadding if amounts is not None else ModuleStreamHandler
+        return handler(Pad1dStream(pad_module, "model"), pad_module, (), channels)
     if target is aten.avg_pool1d.default:
         if axis != rank - 1:
             raise refuse(node, "the pool's time axis is not the last one")

@@ -21,7 +21,7 @@ from torchstreamer.base import BaseStream, Stateful, state_int
 from torchstreamer.errors import NotStreamableError, StreamError, StreamInputError
 from torchstreamer.generated import Source
 from torchstreamer.graph.analysis import refuse, time_axis, time_length
-from torchstreamer.graph.capture import capture
+from torchstreamer.graph.capture import capture, prune_unused
 from torchstreamer.graph.handlers import (
     Aligned,
     Handler,
@@ -30,6 +30,7 @@ from torchstreamer.graph.handlers import (
     ModuleStreamHandler,
     RecurrentHandler,
     Reshape,
+    ResolvedPadding,
     TimeSlice,
     argument_at,
     build_handler,
@@ -60,6 +61,7 @@ class GraphStream(BaseStream):
         program, leaves = capture(model, example, self._axis)
         self._leaves = leaves
         self._graph = program.graph
+        prune_unused(self._graph)  # (what no output reads is neither streamed nor refused)
         signature = program.graph_signature
         self._sources: dict[str, str] = {
             **signature.inputs_to_parameters, **signature.inputs_to_buffers,
@@ -103,7 +105,8 @@ class GraphStream(BaseStream):
                 handlers[node.name] = build_handler(node, leaves)
                 self._timed.add(node.name)
                 if any(n.name in self._symbolic for n in inputs) and not isinstance(
-                    handlers[node.name], (TimeSlice, Reshape, LengthPadding, Interleave)
+                    handlers[node.name],
+                    (TimeSlice, Reshape, LengthPadding, ResolvedPadding, Interleave),
                 ):
                     raise refuse(
                         node, "it uses the length of the signal, which is unknown while streaming"

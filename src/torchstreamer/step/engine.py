@@ -190,6 +190,8 @@ class FrameEngine(BaseStream):
         self._seen = 0
         self._emitted = [0] * len(self._names)
         self._from_frames = [0] * len(self._names)
+        for i in range(len(self._names)):  # (see run: frame outputs that wait for the start's)
+            self.register_buffer(f"_waiting_{i}", buffer.new_zeros(0), persistent=False)
 
     @property
     def _phase(self) -> int:
@@ -197,6 +199,8 @@ class FrameEngine(BaseStream):
 
     def reset(self) -> None:
         self.frames.reset()
+        for i in range(len(self._names)):
+            setattr(self, f"_waiting_{i}", self._history.new_zeros(0))
         self._seeded = 0
         self._seen = 0
         self._emitted = [0] * len(self._names)
@@ -210,6 +214,8 @@ class FrameEngine(BaseStream):
         state["_emitted"] = torch.tensor(self._emitted, dtype=torch.int64)
         state["_from_frames"] = torch.tensor(self._from_frames, dtype=torch.int64)
         state["_seeded"] = torch.tensor(self._seeded)
+        for i in range(len(self._names)):
+            state[f"_waiting_{i}"] = getattr(self, f"_waiting_{i}").clone()
         return state
 
     def set_state(self, state: dict[str, Tensor]) -> None:
@@ -230,6 +236,10 @@ class FrameEngine(BaseStream):
                 )
             if key != "_history" and bool((value < 0).any()):
                 raise StreamError(f"State '{key}' counts samples and cannot be negative.")
+        for i in range(len(self._names)):
+            value = state[f"_waiting_{i}"]
+            if value.numel() and value.dtype != self._history.dtype:
+                raise StreamError(f"State '_waiting_{i}' must be {self._history.dtype}.")
         self.frames.set_state(
             {k[len("frames.") :]: v for k, v in state.items() if k.startswith("frames.")}
         )
@@ -239,6 +249,8 @@ class FrameEngine(BaseStream):
         self._emitted = [int(v) for v in state["_emitted"].tolist()]
         self._from_frames = [int(v) for v in state["_from_frames"].tolist()]
         self._seeded = int(state["_seeded"])
+        for i in range(len(self._names)):
+            setattr(self, f"_waiting_{i}", state[f"_waiting_{i}"].clone())
 
     def run(
         self, x: Tensor, final: bool, source: GraphStream
@@ -247,7 +259,7 @@ class FrameEngine(BaseStream):
         axis = self._axis
         length = x.shape[axis]
         seen = self._seen + length
-        if self._seeds and not self._seeded and not final:
+        if self._seeds and not self._seeded:
             self._seed(source, x, seen)  # (before the frames run past the values it seeds)
         framed = self.frames._stream(x, False)  # whole frames; the rest waits, or ends below
         parts = list(framed) if isinstance(framed, tuple) else [framed]
@@ -262,6 +274,10 @@ class FrameEngine(BaseStream):
             before = self._from_frames[i]
             got = 0 if part is None else int(part.shape[out_axis])
             after = before + got
+            waiting: Tensor = getattr(self, f"_waiting_{i}")
+            if waiting.numel():  # frame outputs an earlier call gave before the start entry's
+                part = waiting if part is None else torch.cat([waiting, part], out_axis)
+                before -= waiting.shape[out_axis]
             if final:
                 ready = self._lengths[i](seen)
             elif emitted < dirty:
@@ -272,7 +288,7 @@ class FrameEngine(BaseStream):
             pieces: list[Tensor] = []
             j = emitted
             while j < ready:
-                if dirty <= j < after:  # from the frames
+                if max(dirty, before) <= j < after:  # from the frames
                     stop = min(ready, after)
                     assert part is not None
                     pieces.append(part.narrow(out_axis, j - before, stop - j))
@@ -285,6 +301,13 @@ class FrameEngine(BaseStream):
                 j = stop
             self._from_frames[i] = after
             self._emitted[i] = max(emitted, ready)
+            # the frames' outputs that wait while earlier ones come from the start entry
+            keep_from = max(dirty, self._emitted[i], before)
+            if part is not None and keep_from < after and not final:
+                waiting = part.narrow(out_axis, keep_from - before, after - keep_from)
+            else:
+                waiting = waiting.new_zeros(0)
+            setattr(self, f"_waiting_{i}", waiting)
             results.append(
                 torch.cat(pieces, out_axis)
                 if len(pieces) > 1

@@ -497,15 +497,7 @@ def _carried_layers(
             "the frames do not run from the start of the signal): no bounded history gives "
             "them; the interpreter streams it."
         )
-    owned = [m for m in source.model.modules() if isinstance(m, nn.RNNBase)]
-    if len({id(m) for m in layers}) != len(layers) or any(
-        not any(m is layer for m in owned) for layer in layers
-    ):
-        raise NotStreamableError(
-            "The end entry carries recurrent layers' states into the model's own layers, but "
-            "a layer here is called more than once or is not one of the model's modules; the "
-            "interpreter streams it."
-        )
+    _check_own_layers(source, layers, "The end entry carries recurrent layers' states on")
     return [
         (layer, carried[n], Fraction(source._rate_of(source._nodes[n])))
         for n, layer in zip(sources, layers)
@@ -525,17 +517,24 @@ def _seeded_layers(
         handler = source.handlers[name]
         if dirty and isinstance(handler, RecurrentHandler):
             seeds.append((handler.rnn, names, dirty, name))
-    owned = [m for m in source.model.modules() if isinstance(m, nn.RNNBase)]
-    layers = [layer for layer, _, _, _ in seeds]
-    if len({id(m) for m in layers}) != len(layers) or any(
-        not any(m is layer for m in owned) for layer in layers
-    ):
-        raise NotStreamableError(
-            "A recurrent layer reads values that the frames get wrong at first, and the stream "
-            "would seed its state from the model's own layer, but the layer is called more "
-            "than once or is not one of the model's modules; the interpreter streams it."
-        )
+    _check_own_layers(
+        source,
+        [layer for layer, _, _, _ in seeds],
+        "A recurrent layer reads values that the frames get wrong at first and the stream "
+        "would seed its state",
+    )
     return seeds
+
+
+def _check_own_layers(source: GraphStream, layers: list[nn.RNNBase], what: str) -> None:
+    """Refuse unless every layer is one of the model's own modules, called once: the engine
+    runs them in the model's place while its entries run the model offline."""
+    owned = {id(m) for m in source.model.modules() if isinstance(m, nn.RNNBase)}
+    if len({id(m) for m in layers}) != len(layers) or any(id(m) not in owned for m in layers):
+        raise NotStreamableError(
+            f"{what}, but a recurrent layer here is called more than once or is not one of the "
+            "model's modules; the interpreter streams it."
+        )
 
 
 def _recording_forward(layer: nn.RNNBase, inputs: dict[int, Tensor]) -> Callable[..., Any]:

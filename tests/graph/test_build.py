@@ -302,3 +302,35 @@ def test_a_view_that_interleaves_time_is_a_rate_change() -> None:
     stream = pts.stream(models.Interleaved().eval(), torch.randn(1, 2, 64))
     # output 2t is conv a at t, which reads x[t + 1]; output 2t + 1 is conv b at t
     assert (stream.rate, stream.latency, stream.receptive_field) == (2, 1, 3)
+
+
+class WritesInPlace(nn.Module):
+    """An in-place write into a tensor that the output then reads: not dead code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        out = torch.zeros_like(h)
+        out.copy_(h)
+        out.mul_(2)
+        unused = torch.tensor(x.shape)  # dead: reaches no output
+        del unused
+        return out + x
+
+
+def test_pruning_keeps_in_place_writes_that_an_output_reads() -> None:
+    from torchstreamer.graph.capture import capture, prune_unused
+
+    model = WritesInPlace().eval()
+    program, _ = capture(model, torch.randn(1, 2, 32), 2)
+    targets = [str(n.target) for n in program.graph.nodes]
+    prune_unused(program.graph)
+    kept = [str(n.target) for n in program.graph.nodes]
+    writes = [t for t in targets if "copy_" in t or "mul_" in t]
+    assert writes
+    assert writes == [t for t in kept if "copy_" in t or "mul_" in t]
+    assert any("scalar_tensor" in t or "stack" in t for t in targets)  # torch.tensor(shape)
+    assert not any("scalar_tensor" in t or "stack" in t for t in kept)

@@ -182,6 +182,7 @@ class FrameEngine(BaseStream):
             arrivals = source.timing.arrivals(name)
             history = max(history, int(arrivals[min(dirty, arrivals.numel()) - 1]) + self._frame)
         self._seeded = 0
+        self._steady = False  # see _settled
         self._size = history
         shape = list(step._input_shape)
         shape[self._axis] = history
@@ -198,6 +199,7 @@ class FrameEngine(BaseStream):
         return self.frames._phase
 
     def reset(self) -> None:
+        self._steady = False
         self.frames.reset()
         for i in range(len(self._names)):
             setattr(self, f"_waiting_{i}", self._history.new_zeros(0))
@@ -251,6 +253,7 @@ class FrameEngine(BaseStream):
         self._seeded = int(state["_seeded"])
         for i in range(len(self._names)):
             setattr(self, f"_waiting_{i}", state[f"_waiting_{i}"].clone())
+        self._steady = self._settled()
 
     def run(
         self, x: Tensor, final: bool, source: GraphStream
@@ -259,6 +262,19 @@ class FrameEngine(BaseStream):
         axis = self._axis
         length = x.shape[axis]
         seen = self._seen + length
+        if self._steady and not final:  # past the start entry: the frames' outputs as they come
+            framed = self.frames._stream(x, False)
+            if self._size:
+                self._remember(x)
+            self._seen = seen
+            if framed is None:
+                return None
+            values = framed if isinstance(framed, tuple) else (framed,)
+            for i, value in enumerate(values):
+                got = int(value.shape[self._axes[i]]) if value is not None else 0
+                self._from_frames[i] += got
+                self._emitted[i] += got
+            return framed
         if self._seeds and not self._seeded:
             self._seed(source, x, seen)  # (before the frames run past the values it seeds)
         framed = self.frames._stream(x, False)  # whole frames; the rest waits, or ends below
@@ -318,11 +334,22 @@ class FrameEngine(BaseStream):
         if self._size and not final:
             self._remember(x)  # (after the outputs: `window` views the samples kept)
         self._seen = seen
+        self._steady = self._settled()
         if final:
             self.reset()
         if all(r.dim() <= 1 and r.numel() == 0 for r in results):
             return None
         return tuple(results) if len(results) > 1 else results[0]
+
+    def _settled(self) -> bool:
+        """Whether the start entry is done: every output the frames get wrong given, no frame
+        output waiting, every recurrent layer seeded. From then on, until ``final``, a call
+        returns what the frames return."""
+        if self._seeds and not self._seeded:
+            return False
+        if any(e < d or e != f for e, d, f in zip(self._emitted, self._dirty, self._from_frames)):
+            return False
+        return all(not getattr(self, f"_waiting_{i}").numel() for i in range(len(self._names)))
 
     def _seed(self, source: GraphStream, x: Tensor, seen: int) -> None:
         """Once the samples determine the first values that the frames get wrong at a

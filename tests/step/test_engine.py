@@ -328,3 +328,33 @@ def test_each_signal_may_have_its_own_batch_size() -> None:
             x = torch.randn(batch, 1, 40)
             assert_matches(run_stream(stream, x, [1, 5, 0, 2]), model(x))
             assert stream.engine.startswith("frames of")
+
+
+def _short_prefix_models() -> list[nn.Module]:
+    """Models whose first outputs are determined by fewer samples than the model runs on: a
+    reflect padding wider than the first values before it, a window longer than them (found by
+    a random search over layer stacks)."""
+    reflect = nn.Sequential(
+        nn.ConvTranspose1d(2, 3, 4, stride=2, padding=1),
+        nn.Conv1d(3, 4, 2, dilation=3),
+        nn.Conv1d(4, 4, 5, padding=4, padding_mode="reflect"),
+        nn.Conv1d(4, 3, 1, stride=2, padding=1),
+    )
+    window = nn.Sequential(
+        nn.Conv1d(2, 4, 3),
+        nn.ConvTranspose1d(4, 3, 3, padding=1),
+        nn.ConvTranspose1d(3, 2, 2),
+        nn.Conv1d(2, 1, 1, stride=2, padding=1, dilation=3),
+    )
+    return [reflect.eval(), window.eval()]
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_the_start_entry_runs_the_model_on_a_length_it_accepts(index: int) -> None:
+    model = _short_prefix_models()[index]
+    stream = pts.stream(model, torch.randn(1, 2, 64))
+    assert stream.engine.startswith("frames of"), stream.engine
+    for length, sizes in ((24, [2, 16, 3, 33, 5, 1]), (112, [1, 33, 1, 16, 16, 1]), (30, [1])):
+        x = torch.randn(1, 2, length)
+        with torch.no_grad():
+            assert_matches(run_stream(stream, x, split_lengths(length, sizes)[:-1]), model(x))

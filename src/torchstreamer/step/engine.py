@@ -117,6 +117,7 @@ class FrameEngine(BaseStream):
     _period: int
     _head_period: int
     _head_residue: int
+    _example_length: int
     _history: Tensor
 
     def __init__(self, frames: StepStream, source: GraphStream, example_length: int) -> None:
@@ -149,6 +150,7 @@ class FrameEngine(BaseStream):
         # the start entry runs it on its first samples padded to a length like the example's
         self._head_period = lengths_period or 1
         self._head_residue = example_length % self._head_period
+        self._example_length = example_length
         if needs_end and source._length_dependent and lengths_period is None:
             raise NotStreamableError(
                 "The end of the signal determines outputs of this model, and it pads or crops "
@@ -341,6 +343,20 @@ class FrameEngine(BaseStream):
             return None
         return tuple(results) if len(results) > 1 else results[0]
 
+    def _runnable(self, samples: Tensor) -> Tensor:
+        """The first samples of the signal, followed by zeros up to a length the model runs on
+        (the example's at least, and like it where the model runs only on some lengths). What
+        those samples determine does not read what follows them, so the zeros change none of
+        the outputs the start entry takes (a short prefix could be too short to reflect)."""
+        axis, length = self._axis, samples.shape[self._axis]
+        target = max(length, self._example_length)
+        target += (self._head_residue - target) % self._head_period
+        if target == length:
+            return samples
+        shape = list(samples.shape)
+        shape[axis] = target - length
+        return torch.cat([samples, samples.new_zeros(shape)], axis)
+
     def _settled(self) -> bool:
         """Whether the start entry is done: every output the frames get wrong given, no frame
         output waiting, every recurrent layer seeded. From then on, until ``final``, a call
@@ -361,10 +377,7 @@ class FrameEngine(BaseStream):
         axis = self._axis
         assert self._seen <= self._size, "the samples kept reach back to the start"
         samples = torch.cat([self._history.narrow(axis, 0, self._seen), x], axis)
-        missing = (self._head_residue - seen) % self._head_period  # (a length the model takes)
-        shape = list(samples.shape)
-        shape[axis] = missing
-        samples = torch.cat([samples, samples.new_zeros(shape)], axis)
+        samples = self._runnable(samples)
         inputs: dict[int, Tensor] = {}
         layers = [layer for layer, _, _, _ in self._seeds]
         try:
@@ -446,11 +459,8 @@ class FrameEngine(BaseStream):
         start = 0 if head else max(-(-(seen - self._size) // period) * period, 0)
         assert start >= first, "the samples kept reach back far enough"
         samples = samples.narrow(axis, start - first, seen - start)
-        if head and not final and self._head_period > 1:  # (the samples' outputs ignore it)
-            missing = (self._head_residue - samples.shape[axis]) % self._head_period
-            shape = list(samples.shape)
-            shape[axis] = missing
-            samples = torch.cat([samples, samples.new_zeros(shape)], axis)
+        if head and not final:
+            samples = self._runnable(samples)
         with torch.no_grad(), self._carrying(start, head):
             result = source.model(samples)
         return (list(result) if isinstance(result, tuple) else [result]), start

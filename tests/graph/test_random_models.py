@@ -13,10 +13,12 @@ from torch import nn
 import torchstreamer as pts
 from tests.conftest import assert_matches, block_sizes, fewer, run_stream, split_lengths
 
+Layer = tuple[str, dict[str, int]]  # a kind and its constructor's keyword arguments
+
 
 @st.composite
-def layer_stacks(draw: st.DrawFn) -> list[tuple[str, dict[str, int | str]]]:
-    layers: list[tuple[str, dict[str, int | str]]] = []
+def layer_stacks(draw: st.DrawFn) -> list[Layer]:
+    layers: list[Layer] = []
     for _ in range(draw(st.integers(1, 4))):
         kind = draw(st.sampled_from(["conv", "conv", "transposed", "lstm", "residual"]))
         if kind == "conv":
@@ -25,72 +27,37 @@ def layer_stacks(draw: st.DrawFn) -> list[tuple[str, dict[str, int | str]]]:
             span = dilation * (kernel - 1)
             pad = draw(st.sampled_from([0, span // 2, span] if stride == 1 else [0, 1]))
             mode = draw(st.sampled_from(["zeros", "reflect", "replicate"])) if pad else "zeros"
-            layers.append(
-                (
-                    kind,
-                    {
-                        "kernel": kernel,
-                        "dilation": dilation,
-                        "stride": stride,
-                        "pad": pad,
-                        "mode": mode,
-                        "out": draw(st.integers(1, 4)),
-                    },
-                )
-            )
+            args = {"kernel_size": kernel, "dilation": dilation, "stride": stride, "padding": pad}
+            layers.append((f"conv:{mode}", {**args, "out_channels": draw(st.integers(1, 4))}))
         elif kind == "transposed":
             stride = draw(st.integers(1, 3))
             kernel = stride * draw(st.integers(1, 3))
             pad = draw(st.sampled_from([0, (kernel - stride) // 2]))
-            layers.append(
-                (
-                    kind,
-                    {
-                        "kernel": kernel,
-                        "stride": stride,
-                        "pad": pad,
-                        "out": draw(st.integers(1, 3)),
-                    },
-                )
-            )
+            args = {"kernel_size": kernel, "stride": stride, "padding": pad}
+            layers.append((kind, {**args, "out_channels": draw(st.integers(1, 3))}))
         else:
             layers.append((kind, {"batch_first": int(draw(st.booleans()))}))
     return layers
 
 
 class Stack(nn.Module):
-    def __init__(self, layers: list[tuple[str, dict[str, int | str]]]) -> None:
+    def __init__(self, layers: list[Layer]) -> None:
         super().__init__()
-        self.kinds = [kind for kind, _ in layers]
+        self.kinds = [kind.split(":")[0] for kind, _ in layers]
         self.layers = nn.ModuleList()
         channels = 2
-        for kind, p in layers:
-            if kind == "conv":
-                self.layers.append(
-                    nn.Conv1d(
-                        channels,
-                        int(p["out"]),
-                        int(p["kernel"]),
-                        stride=int(p["stride"]),
-                        dilation=int(p["dilation"]),
-                        padding=int(p["pad"]),
-                        padding_mode=str(p["mode"]),
-                    )
-                )
-                channels = int(p["out"])
+        for kind, args in layers:
+            if kind.startswith("conv"):
+                mode = kind.split(":")[1]
+                self.layers.append(nn.Conv1d(channels, padding_mode=mode, **args))
+                channels = args["out_channels"]
             elif kind == "transposed":
-                self.layers.append(
-                    nn.ConvTranspose1d(
-                        channels,
-                        int(p["out"]),
-                        int(p["kernel"]),
-                        stride=int(p["stride"]),
-                        padding=int(p["pad"]),
-                    )
-                )
-                channels = int(p["out"])
+                self.layers.append(nn.ConvTranspose1d(channels, **args))
+                channels = args["out_channels"]
             elif kind == "lstm":
-                self.layers.append(nn.LSTM(channels, channels, batch_first=bool(p["batch_first"])))
+                self.layers.append(
+                    nn.LSTM(channels, channels, batch_first=bool(args["batch_first"]))
+                )
             else:
                 self.layers.append(nn.Conv1d(channels, channels, 3, padding=1))
 
@@ -116,7 +83,7 @@ class Stack(nn.Module):
     batch=st.integers(1, 2),
 )
 def test_random_layer_stacks_stream_exactly_or_are_refused(
-    layers: list[tuple[str, dict[str, int | str]]], sizes: list[int], length: int, batch: int
+    layers: list[Layer], sizes: list[int], length: int, batch: int
 ) -> None:
     torch.manual_seed(0)
     model = Stack(layers).eval()

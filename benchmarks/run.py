@@ -4,6 +4,8 @@
     python benchmarks/run.py --quick              # tiny signals, one repeat (a smoke test)
     python benchmarks/run.py --workloads vollo_cnn --blocks 1,16 --threads 1
     python benchmarks/run.py --no-legacy --no-tooling   # without 0.0.2 and the tooling probes
+    python benchmarks/run.py --real               # only the real codec models, one thread
+    python benchmarks/run.py --no-real            # without them
 
 Prints markdown tables (cost per input sample and its ratio to the stateless chunk floor;
 per-call latency and state size; build and tooling times; the targets of the benchmark issue),
@@ -21,6 +23,12 @@ chunks and the peers (``benchmarks/peers.py``), two baselines are timed:
   seed's sequential network, in a virtual environment of its own (``benchmarks/.legacy-venv``,
   made on first use: a pinned CPU torch and the package, about 30 s and 900 MB) and a
   subprocess, since it has the same import name.
+
+The real codec models of issue 13 (Mimi, EnCodec and DAC encoders and decoders as shipped, with
+moshi's own streaming as a peer: ``benchmarks/real.py``) are a section of their own, with their
+own blocks (the hop and 8 hops) and targets; the full run includes them when their packages
+import (else the report says why not), ``--real`` runs them alone (by default on one thread,
+writing ``benchmarks/results/real.{json,md}``).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/run.py`
 
-from benchmarks import legacy
+from benchmarks import legacy, real
 from benchmarks.baselines import RingBufferUnsupported, ring_buffer_runner
 from benchmarks.tooling import LIMITS, RUN_BLOCK, RUN_SECONDS, measure_tooling
 from benchmarks.workloads import Workload, workloads
@@ -122,7 +130,8 @@ def signal_length(workload: Workload, block: int, quick: bool) -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    chosen = [w for w in workloads() if not args.workloads or w.name in args.workloads]
+    chosen = [] if args.real else workloads()  # --real: the real codec models alone
+    chosen = [w for w in chosen if not args.workloads or w.name in args.workloads]
     all_threads = os.cpu_count() or 1
     thread_counts = [all_threads if t == "all" else int(t) for t in args.threads]
     report: dict[str, Any] = {
@@ -135,7 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "settings": {
             "blocks": args.blocks, "threads": thread_counts, "repeats": args.repeats,
-            "legacy": args.legacy, "tooling": args.tooling,
+            "legacy": args.legacy, "tooling": args.tooling, "real": args.real_included,
         },
         "workloads": {w.name: w.description for w in chosen},
         "peer_notes": {},
@@ -179,6 +188,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     report["results"].append(entry)
                 print(f"  {workload.name:16s} threads={threads} block={block:5d} done", flush=True)
     report["targets"] = targets(report["results"], report["tooling"])
+    real_names = [n for n in real.REAL_WORKLOADS if not args.workloads or n in args.workloads]
+    if args.real_included and real_names:
+        print("  real codec models ...", flush=True)
+        report["real"] = real.run_real(
+            real_names,
+            tuple(thread_counts),
+            args.repeats,
+            args.quick,
+            sys.stdout,
+            args.real_frames,
+        )
+        report["targets"] += report["real"]["targets"]
     return report
 
 
@@ -357,12 +378,16 @@ def markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
     lines = [
         f"Machine: {machine['processor']}, {machine['cpus']} CPUs, {machine['platform']}, "
-        f"torch {machine['torch']}. Microseconds per input sample (median of "
-        f"{report['settings']['repeats']} runs); in brackets the ratio to the stateless chunk "
-        "floor; `-` where a path does not apply, `x` where it disagrees with the offline model.",
+        f"torch {machine['torch']}."
     ]
+    if results:
+        lines[0] += (
+            f" Microseconds per input sample (median of {report['settings']['repeats']} runs); "
+            "in brackets the ratio to the stateless chunk floor; `-` where a path does not "
+            "apply, `x` where it disagrees with the offline model."
+        )
     runners = [n for n in ORDER if any(r["runner"] == n for r in results)]
-    for threads in report["settings"]["threads"]:
+    for threads in report["settings"]["threads"] if results else []:
         lines += ["", f"**{threads} thread{'s' if threads > 1 else ''}**", ""]
         lines.append("| workload | block | " + " | ".join(runners) + " |")
         lines.append("|---|---:|" + "---:|" * len(runners))
@@ -379,9 +404,10 @@ def markdown(report: dict[str, Any]) -> str:
                 )  # fmt: skip
                 cells.append(_cell(row))
             lines.append(f"| {workload} | {block} | " + " | ".join(cells) + " |")
-    lines += ["", "**Per-call latency (block 1 and step model, 1 thread) and state**", ""]
-    lines.append("| workload | path | median us | p99 us | state bytes | bounded |")
-    lines.append("|---|---|---:|---:|---:|---|")
+    if results:
+        lines += ["", "**Per-call latency (block 1 and step model, 1 thread) and state**", ""]
+        lines.append("| workload | path | median us | p99 us | state bytes | bounded |")
+        lines.append("|---|---|---:|---:|---:|---|")
     for r in results:
         if r["threads"] != min(report["settings"]["threads"]) or r["latency_median_us"] is None:
             continue
@@ -397,6 +423,8 @@ def markdown(report: dict[str, Any]) -> str:
         for probe in report["tooling"]:
             lines.append(f"| {_TOOLING_LABELS.get(probe['probe'], probe['probe'])} | "
                          f"{_tooling_cell(probe)} |")  # fmt: skip
+    if report.get("real"):
+        lines += real.markdown_lines(report["real"])
     lines += ["", "**Targets (one thread)**", "", "| target | measured | holds |", "|---|---|---|"]
     for check in report["targets"]:
         lines.append(f"| {check['target']} | {check['measured']} | {check['holds']} |")
@@ -442,12 +470,18 @@ def plot(report: dict[str, Any], path: Path) -> Optional[str]:
     """Log-log cost per sample against block size, one panel per workload (fewest threads)."""
     threads = min(report["settings"]["threads"])
     results = [r for r in report["results"] if r["threads"] == threads]
+    names, order = list(report["workloads"]), ORDER
+    if not results and report.get("real"):  # --real: the real models' panels
+        results = [r for r in report["real"]["results"] if r["threads"] == threads]
+        names, order = list(report["real"]["workloads"]), real.ORDER
+    if not results:
+        return "nothing was timed: no plot"
     panels = {
         workload: sorted(
             (r for r in results if r["workload"] == workload),
-            key=lambda r: ORDER.index(r["runner"]) if r["runner"] in ORDER else len(ORDER),
+            key=lambda r: order.index(r["runner"]) if r["runner"] in order else len(order),
         )
-        for workload in report["workloads"]
+        for workload in names
     }
     return plot_costs(panels, path, f"us per input sample ({threads} thread)")
 
@@ -457,7 +491,12 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--workloads", type=lambda s: s.split(","), default=None)
     parser.add_argument("--blocks", type=lambda s: [int(b) for b in s.split(",")],
                         default=[1, 16, 256, 4096])  # fmt: skip
-    parser.add_argument("--threads", type=lambda s: s.split(","), default=["1", "all"])
+    parser.add_argument(
+        "--threads",
+        type=lambda s: s.split(","),
+        default=None,
+        help="thread counts, e.g. 1,all (default 1,all; 1 with --real)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="tiny signals and one repeat")
     parser.add_argument("--no-peers", dest="peers", action="store_false")
@@ -465,13 +504,35 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="skip torch-streamer 0.0.2 (benchmarks/.legacy-venv)")  # fmt: skip
     parser.add_argument("--no-tooling", dest="tooling", action="store_false",
                         help="skip the build and tooling times")  # fmt: skip
-    parser.add_argument("--json", type=Path, default=RESULTS / "bench.json")
-    parser.add_argument("--markdown", type=Path, default=RESULTS / "bench.md")
-    parser.add_argument("--plot", type=Path, default=RESULTS / "bench.png")
-    parser.add_argument("--no-plot", dest="plot", action="store_const", const=None)
+    parser.add_argument("--real", action="store_true",
+                        help="only the real codec models (benchmarks/real.py)")  # fmt: skip
+    parser.add_argument("--real-frames", type=int, default=None,
+                        help=f"latent frames per real signal (default {real.HOPS})")  # fmt: skip
+    parser.add_argument("--no-real", dest="real_included", action="store_false",
+                        help="skip the real codec models")  # fmt: skip
+    parser.add_argument(
+        "--json", type=Path, default=None, help="default results/bench.json (real.json with --real)"
+    )
+    parser.add_argument(
+        "--markdown", type=Path, default=None, help="default results/bench.md (real.md with --real)"
+    )
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="default benchmarks/results/bench.png (none with --real)")  # fmt: skip
+    parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats = 1
+    stem = "real" if args.real else "bench"
+    args.json = args.json or RESULTS / f"{stem}.json"
+    args.markdown = args.markdown or RESULTS / f"{stem}.md"
+    if args.threads is None:
+        args.threads = ["1"] if args.real else ["1", "all"]
+    if args.plot is None and not args.real:
+        args.plot = RESULTS / "bench.png"
+    if args.no_plot:
+        args.plot = None
+    if args.real:  # the real models alone: no built-in workloads or tooling probes
+        args.real_included, args.tooling, args.legacy = True, False, False
     return args
 
 

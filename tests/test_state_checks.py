@@ -211,7 +211,7 @@ def test_residual_counters_are_checked() -> None:
 
 def test_sequential_stages_must_agree_with_the_signal() -> None:
     net = nn.Sequential(nn.Conv1d(1, 2, 3), nn.ReLU(), nn.Conv1d(2, 1, 3))
-    stream = pts.Sequential1dStream(net)
+    stream = pts.Sequential1dStream(net, engine=False)  # the layers' states
     with torch.no_grad():
         stream(torch.randn(1, 5))  # the first output: every stage has had a block
         state = stream.get_state()
@@ -239,11 +239,32 @@ def test_sequential_stages_must_agree_with_the_signal() -> None:
 
 
 def test_a_batched_sequential_checks_the_batch_of_every_stage() -> None:
-    stream = pts.Sequential1dStream(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Conv1d(2, 1, 3)))
+    net = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Conv1d(2, 1, 3))
+    stream = pts.Sequential1dStream(net, engine=False)
     with torch.no_grad():
         stream(torch.randn(2, 1, 9))
         state = stream.get_state()
         refused(stream, {**state, "_batch": torch.tensor(10**6)}, r"'streams.0._batch' is 2 but")
+
+
+def test_a_sequential_on_the_engine_checks_its_counters_against_the_engine() -> None:
+    net = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Conv1d(2, 1, 3, stride=2))
+    stream = pts.Sequential1dStream(net)
+    assert stream.engine.startswith("frames")
+    x = torch.randn(2, 1, 30)
+    with torch.no_grad():
+        head = stream(x[..., :9])
+        state = stream.get_state()
+        assert set(state) >= {"_rank", "_batch", "_seen"}
+        refused(stream, {**state, "_batch": torch.tensor(10**6)}, r"'_engine._batch' rows")
+        refused(stream, {**state, "_rank": torch.tensor(2)}, r"not the counters of a signal")
+        refused(stream, {k: v for k, v in state.items() if k != "_seen"}, r"missing \['_seen'\]")
+        tail = stream(x[..., 9:], final=True)  # the refusals changed nothing
+        twin = pts.Sequential1dStream(net)
+        twin(x[..., :4])
+        twin.set_state(state)  # a fresh twin continues from the state
+        assert_matches(torch.cat([head, twin(x[..., 9:], final=True)], -1), net(x))
+    assert_matches(torch.cat([head, tail], -1), net(x))
 
 
 def test_a_mid_signal_state_fits_a_fresh_twin_and_continues_exactly() -> None:

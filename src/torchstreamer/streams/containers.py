@@ -1,6 +1,7 @@
 """Streams of containers: ``nn.Sequential`` and ``Residual1d``."""
 
-from typing import Optional
+import copy
+from typing import ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +14,11 @@ from torchstreamer.streams.leaf import check_signal_state, fit_buffer, layer_lab
 from torchstreamer.time import residual_crop
 
 __all__ = ["Residual1d", "Residual1dStream", "Sequential1dStream"]
+
+# above 0 while a container builds the streams of its layers: a nested container is a layer of
+# one that runs on the engine (or on its layers), so it builds no engine of its own
+_BUILDING_LAYERS = [0]
+_ENGINE_COUNTERS = ("_rank", "_batch", "_seen")  # a container's own state on the engine
 
 
 class Residual1d(nn.Module):
@@ -118,6 +124,9 @@ class Sequential1dStream(BaseStream):
             :class:`Conv1dStream`.
         path: the network's path in a larger model, used in error messages.
         in_channels: channels of the input, when the first layers do not tell.
+        engine: run on the generated frame code of the network (see :attr:`engine`) when it
+            reproduces it, as :func:`torchstreamer.stream` does; ``False`` keeps one stream per
+            layer (the form that ``torch.jit.script`` compiles).
 
     Example:
         >>> import torch
@@ -134,6 +143,7 @@ class Sequential1dStream(BaseStream):
 
     _state_tensors = ("_pending",)
     _state_ints = ("_rank", "_batch", "_seen", "_stage_channels", "_waiting")
+    __jit_unused_properties__: ClassVar[list[str]] = ["engine"]
     _pending: Tensor
     _gate_next: list[int]
 
@@ -144,6 +154,7 @@ class Sequential1dStream(BaseStream):
         *,
         path: str = "",
         in_channels: Optional[int] = None,
+        engine: bool = True,
     ) -> None:
         super().__init__()
         from torchstreamer.streams.registry import create_stream
@@ -159,10 +170,14 @@ class Sequential1dStream(BaseStream):
         channels = in_channels if in_channels is not None else _input_channels(net)
         self._in_channels = -1 if channels is None else channels
         streams: list[BaseStream] = []
-        for name, layer in net.named_children():
-            layer_path = f"{path}.{name}" if path else name
-            streams.append(create_stream(layer, padding, in_channels=channels, path=layer_path))
-            channels = _output_channels(layer, channels)
+        _BUILDING_LAYERS[0] += 1
+        try:
+            for name, layer in net.named_children():
+                layer_path = f"{path}.{name}" if path else name
+                streams.append(create_stream(layer, padding, in_channels=channels, path=layer_path))
+                channels = _output_channels(layer, channels)
+        finally:
+            _BUILDING_LAYERS[0] -= 1
         self.streams = nn.ModuleList(streams)
         # an unbatched block would turn a softmax over dim=1 into one over time
         self._batched_only = any(
@@ -178,6 +193,10 @@ class Sequential1dStream(BaseStream):
         self._gate_next, self._gate_settled, self._gate_period, self._gate_wait = _gate(self)
         self.register_buffer("_pending", torch.zeros(0), persistent=False)
         self._waiting = 0
+        # the generated frame code of the offline module this stream equals (streams.on_engine)
+        self._on_engine = False
+        if engine and _BUILDING_LAYERS[0] == 0:
+            self._attach_engine()
 
     def forward(self, x: Tensor, final: bool = False) -> Optional[Tensor]:
         check_block(self._label, x, self._in_channels, self._reference(), self._rank, self._batch)
@@ -189,6 +208,8 @@ class Sequential1dStream(BaseStream):
         total = self._seen + self._waiting
         if final and not torch.jit.is_scripting():
             self._check_end(total + x.shape[-1])
+        if self._on_engine and not torch.jit.is_scripting():
+            return self._engine_forward(x, final)
         if self._gate_period > 0 and self._rank == 0:  # a new signal: size the kept samples
             xb = x if x.dim() == 3 else x.unsqueeze(0)
             self._pending = fit_buffer(self._pending, xb, xb.shape[1], self._gate_wait)
@@ -230,6 +251,95 @@ class Sequential1dStream(BaseStream):
         if y is not None and y.shape[-1] == 0:  # no stages: the block itself
             return None
         return y
+
+    @torch.jit.unused
+    def _attach_engine(self) -> None:
+        """Run on the frame engine when it reproduces this stream (see ``streams.on_engine``)."""
+        from torchstreamer.streams.on_engine import engine_for
+
+        engine = engine_for(self, self._in_channels)
+        if engine is not None:
+            self._engine = engine
+            self._on_engine = True
+
+    @property
+    def engine(self) -> str:
+        """What runs this stream: ``"frames of N samples"`` (the generated frame code of the
+        network, see :func:`torchstreamer.stream`) or ``"layers"`` (one stream per layer: a
+        model the engine does not run, a nested container, and the scripted form)."""
+        return self._engine.engine if self._on_engine else "layers"
+
+    @torch.jit.unused
+    def _engine_forward(self, x: Tensor, final: bool) -> Optional[Tensor]:
+        batched = x.dim() == 3
+        y = self._engine(x if batched else x.unsqueeze(0), final)
+        if final:
+            self.reset()
+        else:
+            self._rank = x.dim()
+            self._batch = x.shape[0] if batched else -1
+            self._seen += x.shape[-1]
+        if y is None:
+            return None
+        return y if batched else y.squeeze(0)
+
+    @torch.jit.unused
+    def get_state(self) -> dict[str, Tensor]:
+        """See :meth:`BaseStream.get_state`; on the engine, this stream's signal counters and
+        the engine's state under ``_engine.`` (the layers stay idle)."""
+        if not self._on_engine:
+            return super().get_state()
+        state = {name: torch.tensor(getattr(self, name)) for name in _ENGINE_COUNTERS}
+        state.update({f"_engine.{k}": v for k, v in self._engine.get_state().items()})
+        return state
+
+    @torch.jit.unused
+    def set_state(self, state: dict[str, Tensor]) -> None:
+        """See :meth:`BaseStream.set_state`: nothing changes when the state does not fit."""
+        if not self._on_engine:
+            super().set_state(state)
+            return
+        own = {k: v for k, v in state.items() if not k.startswith("_engine.")}
+        if set(own) != set(_ENGINE_COUNTERS):
+            raise StreamError(
+                f"The state does not fit {self._label}: missing "
+                f"{sorted(set(_ENGINE_COUNTERS) - set(own))}, unexpected "
+                f"{sorted(set(own) - set(_ENGINE_COUNTERS))}."
+            )
+        for key, value in own.items():
+            if value.dim() != 0 or value.dtype != torch.int64:
+                raise StreamError(
+                    f"State '{key}' is a counter and must be a 0-d int64 tensor but is a "
+                    f"{value.dtype} tensor shaped {list(value.shape)}."
+                )
+        rank, batch, seen = (state_int(own, n) for n in _ENGINE_COUNTERS)
+        rows = state.get("_engine._batch")
+        wanted = {0: -1, 2: 1, 3: batch}.get(rank)
+        if (
+            rank not in (0, 2, 3)
+            or seen < 0
+            or (rank == 0) != (seen == 0 and batch == -1)
+            or (rank == 2 and batch != -1)
+            or (rows is not None and int(rows.item()) != wanted)
+        ):
+            raise StreamError(
+                f"The state does not fit {self._label}: '_rank' {rank}, '_batch' {batch} and "
+                f"'_seen' {seen} are not the counters of a signal (of the engine's "
+                f"'_engine._batch' rows); restore a state that get_state() returned for a "
+                "stream of the same model."
+            )
+        self._engine.set_state({k[len("_engine.") :]: v for k, v in state.items() if k not in own})
+        self._rank, self._batch, self._seen = rank, batch, seen
+
+    def __prepare_scriptable__(self) -> "Sequential1dStream":
+        """The form that ``torch.jit.script`` compiles: this stream on its layers (generated
+        frame code is Python, not TorchScript). The original keeps its engine."""
+        if not self._on_engine:
+            return self
+        twin = copy.copy(self)
+        twin.__dict__["_modules"] = {k: v for k, v in self._modules.items() if k != "_engine"}
+        twin.__dict__["_on_engine"] = False
+        return twin
 
     def _next_return(self, seen: int) -> int:
         """The number of input samples at which the next output comes, once ``seen`` have."""
@@ -277,6 +387,8 @@ class Sequential1dStream(BaseStream):
             raise refuse(f"'_batch' is {batch} but a batch size is at least 0")
         if seen < 0:
             raise refuse(f"'_seen' is {seen} but a number of samples is at least 0")
+        if self._on_engine:  # the layers stay idle: the engine's own state is checked
+            return
         if rank != 0 and stages and stages[0] < 0 and seen > 0:
             raise refuse(f"'_stage_channels' is {stages} but the first stage has had blocks")
         if rank != 0 and stages and stages[0] >= 0 and 0 <= self._in_channels != stages[0]:
@@ -362,6 +474,12 @@ class Sequential1dStream(BaseStream):
         for i, stream in enumerate(self.streams):
             stream.reset()  # type: ignore[operator]
             self._stage_channels[i] = -1
+        if self._on_engine and not torch.jit.is_scripting():
+            self._reset_engine()
+
+    @torch.jit.unused
+    def _reset_engine(self) -> None:
+        self._engine.reset()
 
     @torch.jit.export
     def _reference(self) -> Optional[Tensor]:
@@ -450,7 +568,11 @@ class Residual1dStream(BaseStream):
         self._label = layer_label(residual, path)
         channels = in_channels if in_channels is not None else _input_channels(inner)
         self._in_channels = -1 if channels is None else channels
-        self.stream = create_stream(inner, padding, in_channels=channels, path=inner_path)
+        _BUILDING_LAYERS[0] += 1
+        try:
+            self.stream = create_stream(inner, padding, in_channels=channels, path=inner_path)
+        finally:
+            _BUILDING_LAYERS[0] -= 1
         try:
             trims = {n - self.stream.output_length(n) for n in range(256, 256 + 64)}
         except NotImplementedError as error:

@@ -328,16 +328,7 @@ def targets(
             "measured": f"{min(steps):.1f} us",
             "holds": min(steps) <= 25,
         })  # fmt: skip
-    bounded = [r for r in results if r["state_bounded"] is not None]
-    if bounded:
-        growing = sorted(
-            {f"{r['workload']}/{r['runner']}" for r in bounded if not r["state_bounded"]}
-        )
-        checks.append({
-            "target": "no path's state grows with the length of the stream",
-            "measured": "grows: " + ", ".join(growing) if growing else f"{len(bounded)} checked",
-            "holds": not growing,
-        })  # fmt: skip
+    checks += real.bounded_state_target(results)
     return checks
 
 
@@ -402,7 +393,7 @@ def markdown(report: dict[str, Any]) -> str:
                     (r for r in results if (r["workload"], r["block"], r["runner"], r["threads"])
                      == (workload, block, name, threads)), None,
                 )  # fmt: skip
-                cells.append(_cell(row))
+                cells.append(real.cost_cell(row))
             lines.append(f"| {workload} | {block} | " + " | ".join(cells) + " |")
     if results:
         lines += ["", "**Per-call latency (block 1 and step model, 1 thread) and state**", ""]
@@ -455,15 +446,6 @@ def _tooling_cell(probe: dict[str, Any]) -> str:
             f"({100 * probe['outside_share']:.0f} %) outside"
         )
     return f"{probe['seconds']:.2f} s"
-
-
-def _cell(row: Optional[dict[str, Any]]) -> str:
-    if row is None or row["status"].startswith("unsupported"):
-        return "-"
-    if row["status"] != "ok":
-        return "x"
-    ratio = f" ({row['ratio_to_floor']:.2f})" if row["ratio_to_floor"] is not None else ""
-    return f"{row['us_per_sample']:.2f}{ratio}"
 
 
 def plot(report: dict[str, Any], path: Path) -> Optional[str]:

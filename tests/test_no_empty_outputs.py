@@ -95,7 +95,9 @@ class Empty(pts.BaseStream):
 
 @pytest.mark.parametrize("script", [False, True], ids=["eager", "scripted"])
 def test_containers_turn_empty_blocks_of_their_stages_into_none(script: bool) -> None:
-    sequential = pts.Sequential1dStream(nn.Sequential(nn.Conv1d(2, 2, 1), nn.Identity()))
+    # the layer form (engine=False): a stage swapped after the build, as a registered one
+    net = nn.Sequential(nn.Conv1d(2, 2, 1), nn.Identity())
+    sequential = pts.Sequential1dStream(net, engine=False)
     sequential.streams[1] = Empty()
     residual = pts.Residual1dStream(pts.Residual1d(nn.Conv1d(2, 2, 1)))
     residual.stream = Empty()

@@ -509,3 +509,18 @@ def test_the_frame_engine_runs_every_other_zoo_model(zoo) -> None:
             name,
             stream.engine,
         )
+
+
+@pytest.mark.parametrize("length", [22, 23, 24])
+def test_a_ceil_mode_pool_whose_last_window_depends_on_the_length_is_exact(length: int) -> None:
+    # found when Sequential1dStream moved onto the engine: the frame code ran the pool as if
+    # ceil_mode were False (a last, partial window was missing or out of range)
+    torch.manual_seed(0)
+    for after in (nn.ConvTranspose1d(1, 1, 1, padding=1), nn.Conv1d(1, 1, 1, padding="same")):
+        net = nn.Sequential(nn.AvgPool1d(2, stride=3, ceil_mode=True), after).eval()
+        stream = pts.stream(net, torch.randn(1, 1, 64))
+        x = torch.randn(2, 1, length)
+        with torch.no_grad():
+            pieces = [stream(x[..., i : i + 1]) for i in range(length)]
+            pieces.append(stream(x[..., :0], final=True))
+        assert_matches(torch.cat([p for p in pieces if p is not None], -1), net(x))

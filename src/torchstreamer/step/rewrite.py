@@ -566,12 +566,21 @@ class _Builder:
         return True
 
     def pool_geometry(self, node: fx.Node, module: nn.Module) -> tuple[int, int, int]:
-        """``(kernel, stride, dilation)`` of a pool without padding (refused otherwise)."""
+        """``(kernel, stride, dilation)`` of a pool without padding or ``ceil_mode`` (refused
+        otherwise)."""
         if int(_first(module.padding)) != 0:  # type: ignore[arg-type]
             raise refuse(
                 node,
                 "step models do not run pools with padding inside the pool",
                 "pad explicitly before the pool (F.pad), or " + _STREAM_REMEDY,
+            )
+        if getattr(module, "ceil_mode", False):
+            raise refuse(
+                node,
+                "step models do not run pools with ceil_mode=True (a last, partial window "
+                "exists or not depending on the signal's length)",
+                "build the pool with ceil_mode=False and pad explicitly before it, or "
+                + _STREAM_REMEDY,
             )
         kernel = int(_first(module.kernel_size))  # type: ignore[arg-type]
         stride = module.stride if module.stride is not None else kernel

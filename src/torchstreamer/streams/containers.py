@@ -272,7 +272,9 @@ class Sequential1dStream(BaseStream):
     @torch.jit.unused
     def _engine_forward(self, x: Tensor, final: bool) -> Optional[Tensor]:
         batched = x.dim() == 3
-        y = self._engine(x if batched else x.unsqueeze(0), final)
+        # the block is checked (forward): the graph stream's own check would repeat it
+        y = self._engine._engine_forward(x if batched else x.unsqueeze(0), final)
+        assert not isinstance(y, tuple)  # a Sequential returns one tensor
         if final:
             self.reset()
         else:

@@ -18,6 +18,7 @@ from torchstreamer import _torch  # noqa: F401  (first: imports torch without it
 from torchstreamer.base import BaseStream
 from torchstreamer.errors import NotStreamableError, StreamError, StreamInputError
 from torchstreamer.graph.stream import GraphStream, stream
+from torchstreamer.serve.pool import StreamPool
 from torchstreamer.step.blocks import StepStream
 from torchstreamer.step.export import export_onnx, export_step, read_onnx_state
 from torchstreamer.step.padded import PaddedConv1d
@@ -46,6 +47,7 @@ __all__ = [
     "StepStream",
     "StreamError",
     "StreamInputError",
+    "StreamPool",
     "create_stream",
     "export_onnx",
     "export_step",

@@ -82,10 +82,19 @@ class StepStream(BaseStream):
         self._skips = list(step.skips)
         self._dropping = list(self._skips)
 
-    def forward(self, x: Tensor, final: bool = False) -> Optional[Outputs]:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self, x: Tensor, final: bool = False, start: Optional[Tensor] = None
+    ) -> Optional[Outputs]:
         """Stream one block; return the outputs it completes, or ``None``. ``final=True`` ends
         the signal: samples short of a whole frame are dropped, as the offline model drops
-        them."""
+        them.
+
+        ``start`` (one bool per row of the batch) starts a new signal in the flagged rows with
+        this block while the other rows go on; rows restart between whole frames (a frame
+        model's stream raises while it holds part of a frame: feed whole frames, or use
+        :class:`torchstreamer.StreamPool`, whose rows are fully independent)."""
+        if start is not None:
+            self._restart_rows(x, start)
         axis = self._axis
         pending = self._held()
         if (
@@ -97,6 +106,23 @@ class StepStream(BaseStream):
         ):
             self._refuse(x, pending)
         return self._stream(x, final)
+
+    def _restart_rows(self, x: Tensor, start: Tensor) -> None:
+        pending = self._held()
+        if x.dtype != pending.dtype or x.device != pending.device or x.dim() != self._rank:
+            self._refuse(x, pending)  # nothing restarts for a block that does not fit
+        layout = self.step.row_layout()
+        flags = layout.check_flags(start, "start")
+        if not bool(flags.any()):
+            return
+        if self._filled != self._phase or any(self._dropping):
+            raise StreamError(
+                f"Rows of this stream can restart only between whole frames of {self._frame} "
+                f"samples, but it holds {self._filled - self._phase} samples of a partial frame "
+                "for every row; feed blocks of whole frames, or serve the signals with "
+                "torchstreamer.StreamPool, which keeps each row's samples apart."
+            )
+        self.step.restart_rows(flags)
 
     def _stream(self, x: Tensor, final: bool) -> Optional[Outputs]:
         """:meth:`forward` for a block already checked (a graph stream checks its blocks)."""

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from torchstreamer.errors import StreamError, StreamInputError
+from torchstreamer.serve.rows import RowLayout
 from torchstreamer.step.codegen import compile_graph
 from torchstreamer.step.rewrite import StepGraph, build_step_graph
 
@@ -99,6 +100,7 @@ class StepModel(nn.Module):
         self.step_function = fx.GraphModule(root, graph, class_name="Step")
         self._inplace = graph
         self._pure_graph = step.graph
+        self._rows: Optional[RowLayout] = None  # found when rows first restart on their own
         self._bind()
 
     def _bind(self) -> None:
@@ -125,9 +127,24 @@ class StepModel(nn.Module):
 
     # -- running ------------------------------------------------------------------------
 
-    def forward(self, x: Tensor) -> Outputs:
+    def forward(self, x: Tensor, start: Optional[Tensor] = None) -> Outputs:
         """Run one time step on ``x`` (shaped like the example input without its time axis), or
-        one or more frames for a frame step model."""
+        one or more frames for a frame step model.
+
+        ``start`` (one bool per row of the batch) starts a new signal in the flagged rows
+        before this step, while the other rows go on (see :meth:`restart_rows`)."""
+        if start is not None:
+            self._check(x)
+            self.restart_rows(start)
+        return self._step(x)
+
+    def _check(self, x: Tensor) -> None:
+        if x.shape != self._input_shape and not self._whole_frames(x):
+            self._refuse(x)
+        if self._dtype is not None and (x.dtype != self._dtype or x.device != self._device):
+            self._refuse(x)
+
+    def _step(self, x: Tensor) -> Outputs:
         if x.shape != self._input_shape and not self._whole_frames(x):
             self._refuse(x)
         if self._dtype is not None and (x.dtype != self._dtype or x.device != self._device):
@@ -177,6 +194,50 @@ class StepModel(nn.Module):
         with torch.no_grad():
             for name in self.state_names:
                 self.step_function.get_buffer(name).copy_(self.initial.get_buffer(name))
+
+    def row_layout(self) -> RowLayout:
+        """Where the rows of the batch lie in each state tensor (found once, by running the
+        pure step on inputs that differ in one row).
+
+        Raises:
+            StreamError: the model mixes rows (its rows cannot start and stop on their own).
+        """
+        if self._rows is None:
+            self._rows = RowLayout(self)
+        return self._rows
+
+    def restart_rows(self, flags: Tensor) -> None:
+        """Start a new signal in the rows whose flag is set (one bool per row of the batch): their
+        state goes back to its initial value, in place; the other rows keep theirs.
+
+        Raises:
+            StreamInputError: ``flags`` is not one flag per row (nothing changed).
+            StreamError: the model mixes rows of its batch.
+        """
+        layout = self.row_layout()
+        flags = layout.check_flags(flags, "start").to(self._device or "cpu")
+        with torch.no_grad():
+            for name, axis in zip(self.state_names, layout.axes):
+                own = self.step_function.get_buffer(name)
+                initial = self.initial.get_buffer(name)
+                own.copy_(torch.where(layout.mask(flags, own, axis), initial, own))
+
+    def step_rows(self, x: Tensor, active: Tensor) -> Outputs:
+        """Run one step (or frames) for the rows whose ``active`` flag is set; the other rows
+        keep their state (their outputs in the result are meaningless). This is how rows pause:
+        a serving loop runs every row in one call and masks those that had no data."""
+        self._check(x)
+        layout = self.row_layout()
+        active = layout.check_flags(active, "active").to(self._device or "cpu")
+        if bool(active.all()):
+            return self._step(x)
+        before = self.snapshot()
+        outputs = self._step(x)
+        with torch.no_grad():
+            for (name, old), axis in zip(before.items(), layout.axes):
+                own = self.step_function.get_buffer(name)
+                own.copy_(torch.where(layout.mask(active, own, axis), own, old))
+        return outputs
 
     def snapshot(self) -> dict[str, Tensor]:
         """A copy of the state, by name: :meth:`restore` (here or on another step model of the

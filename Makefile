@@ -47,7 +47,7 @@ $(DEMO_STAMP): $(BASE_STAMP) pyproject.toml $(PINS)
 # then the published models that tests/real streams as shipped (no deps: see the file)
 REAL := requirements/real-models.txt
 $(TEST_STAMP): $(BASE_STAMP) pyproject.toml $(PINS) $(REAL)
-	$(PIP) -c $(PINS) -e ".[dev,onnx,cli,audio,demo,bench]"
+	$(PIP) -c $(PINS) -e ".[dev,onnx,serve,cli,audio,demo,bench]"
 	$(PIP) --no-deps -r $(REAL)
 	touch $@
 

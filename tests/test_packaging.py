@@ -139,7 +139,7 @@ def test_make_test_installs_the_test_extras_at_the_pins_and_the_0_0_2_sdist(
     lines = _make_dry_run("test", tmp_path)
     installs = _installs(lines)
     assert '"torch==2.13.0"' in installs[0]
-    assert '-c requirements/pins.txt -e ".[dev,onnx,cli,audio,demo,bench]"' in installs[1]
+    assert '-c requirements/pins.txt -e ".[dev,onnx,serve,cli,audio,demo,bench]"' in installs[1]
     assert any(
         "pip download" in line and "--no-binary :all: torch-streamer==0.0.2" in line
         for line in lines

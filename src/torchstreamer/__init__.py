@@ -19,6 +19,7 @@ from torchstreamer.base import BaseStream
 from torchstreamer.errors import NotStreamableError, StreamError, StreamInputError
 from torchstreamer.graph.stream import GraphStream, stream
 from torchstreamer.serve.pool import StreamPool
+from torchstreamer.serve.triton import export_triton
 from torchstreamer.step.blocks import StepStream
 from torchstreamer.step.export import export_onnx, export_step, read_onnx_state
 from torchstreamer.step.padded import PaddedConv1d
@@ -51,6 +52,7 @@ __all__ = [
     "create_stream",
     "export_onnx",
     "export_step",
+    "export_triton",
     "read_onnx_state",
     "register_streamer",
     "stream",

@@ -1,0 +1,171 @@
+"""`export_triton`: the model repository it writes. The configs parse with the protobuf
+definitions that tritonclient ships; the generated Python-backend model runs here against a
+stand-in for Triton's `triton_python_backend_utils` (the real server runs it in
+tests/serving); the ONNX model runs in onnxruntime with Triton's implicit-state loop."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import sys
+import types
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import torchstreamer as pts
+from tests.conftest import assert_matches
+from tests.step.test_frames import Causal, Recurrent
+from torchstreamer.examples.models import vollo_cnn
+
+
+def strided() -> nn.Module:
+    return nn.Sequential(Causal(2, 3, 4, 2, 1), nn.GELU(), Recurrent(3, nn.GRU, 1)).eval()
+
+
+def parse(text: str) -> Any:
+    text_format = pytest.importorskip("google.protobuf.text_format")
+    config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    return text_format.Parse(text, config_pb2.ModelConfig())
+
+
+def test_the_configs_parse_as_triton_model_configs(tmp_path: Path) -> None:
+    pytest.importorskip("onnxscript")
+    written = pts.export_triton(strided(), torch.randn(1, 2, 32), tmp_path, name="m", block=8)
+    python = parse((tmp_path / "m" / "config.pbtxt").read_text())
+    assert python.backend == "python"
+    assert python.max_batch_size == 8
+    controls = {c.name: c.control[0].kind for c in python.sequence_batching.control_input}
+    assert set(controls) == {"START", "END", "READY", "CORRID"}
+    assert list(python.input[0].dims) == [2, -1]  # the batch is left to Triton
+    onnx = parse((tmp_path / "m_onnx" / "config.pbtxt").read_text())
+    assert onnx.backend == "onnxruntime"
+    pairs = [(s.input_name, s.output_name) for s in onnx.sequence_batching.state]
+    assert len(pairs) == 2
+    assert all(i[3:] == o[4:] for i, o in pairs)
+    assert tmp_path / "m_onnx" / "1" / "model.onnx" in written
+
+
+def test_the_onnx_sequence_step_streams_sequences_as_triton_feeds_them(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = strided()
+    pts.export_triton(model, torch.randn(1, 2, 32), tmp_path, name="m", block=4)
+    session = ort.InferenceSession(str(tmp_path / "m_onnx" / "1" / "model.onnx"))
+    names = [i.name for i in session.get_inputs()]
+    assert names[:2] == ["in_signal", "START"]
+    x = torch.randn(3, 2, 24)
+    states = [np.zeros([3, *i.shape[1:]], np.float32) for i in session.get_inputs()[2:]]
+    outputs = []
+    for call, t in enumerate(range(0, 24, 4)):
+        start = np.full((3, 1), 1.0 if call == 0 else 0.0, np.float32)
+        feed = dict(zip(names, [x[..., t : t + 4].numpy(), start, *states]))
+        y, *states = session.run(None, feed)
+        outputs.append(torch.from_numpy(y))
+    assert_matches(torch.cat(outputs, -1), model(x).detach())
+
+
+# -- the Python-backend model, with a stand-in for Triton's utilities ---------------------
+
+
+class _Tensor:
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        self.name, self.array = name, array
+
+    def as_numpy(self) -> np.ndarray:
+        return self.array
+
+
+class _Response:
+    def __init__(self, output_tensors: Optional[list[_Tensor]] = None, error: Any = None) -> None:
+        self.outputs = {t.name: t.array for t in output_tensors or []}
+        self.error = error
+
+
+class _Request:
+    def __init__(self, **inputs: np.ndarray) -> None:
+        self.inputs = inputs
+
+
+def _load_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> Any:
+    utils = types.ModuleType("triton_python_backend_utils")
+    utils.Tensor = _Tensor  # type: ignore[attr-defined]
+    utils.InferenceResponse = _Response  # type: ignore[attr-defined]
+    utils.TritonError = str  # type: ignore[attr-defined]
+    utils.get_input_tensor_by_name = lambda r, n: (  # type: ignore[attr-defined]
+        _Tensor(n, r.inputs[n]) if n in r.inputs else None
+    )
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", utils)
+    spec = importlib.util.spec_from_file_location("served", tmp_path / name / "1" / "model.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    served = module.TritonPythonModel()
+    config = '{"sequence_batching": {"max_sequence_idle_microseconds": 1000000}}'
+    served.initialize({"model_config": config, "model_name": name})
+    return served
+
+
+def _request(x: torch.Tensor, corrid: int, start: bool, end: bool, ready: bool = True) -> _Request:
+    def flag(value: bool) -> np.ndarray:
+        return np.array([[1.0 if value else 0.0]], np.float32)
+
+    return _Request(
+        in_signal=x.numpy(), START=flag(start), END=flag(end), READY=flag(ready),
+        CORRID=np.array([[corrid]], np.uint64),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("block", [1, 16])
+def test_the_python_backend_model_keeps_each_sequence_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    model = vollo_cnn().eval()
+    pts.export_triton(model, torch.randn(1, 32, 64), tmp_path, name="v", block=block, onnx=False)
+    served = _load_model(tmp_path, monkeypatch, "v")
+    rng = random.Random(block)
+    signals = {c: torch.randn(1, 32, rng.randint(1, 70)) for c in range(1, 8)}
+    fed = dict.fromkeys(signals, 0)
+    outputs: dict[int, list[torch.Tensor]] = {c: [] for c in signals}
+    while any(fed[c] < s.shape[-1] for c, s in signals.items()):
+        batch = [c for c in signals if fed[c] < signals[c].shape[-1] and rng.random() < 0.7]
+        requests = []
+        for c in batch:
+            size = rng.choice([1, 5, 16, 23])
+            piece = signals[c][..., fed[c] : fed[c] + size]
+            end = fed[c] + piece.shape[-1] == signals[c].shape[-1]
+            requests.append(_request(piece, c, fed[c] == 0, end))
+            fed[c] += piece.shape[-1]
+        requests.append(_request(torch.zeros(1, 32, 1), 0, False, False, ready=False))
+        for c, response in zip(batch, served.execute(requests)):
+            assert response.error is None
+            outputs[c].append(torch.from_numpy(response.outputs["out_signal"]))
+    for c, x in signals.items():
+        whole = x.shape[-1] // block * block  # samples short of a block wait for more
+        expected = model(x[..., :whole]).detach() if whole else x[:, :1, :0]
+        assert_matches(torch.cat(outputs[c], -1), expected)
+    assert served.sequences == {}  # every sequence ended: no state left
+
+
+def test_the_python_backend_model_refuses_a_sequence_without_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = nn.Sequential(pts.PaddedConv1d(1, 2, 3)).eval()
+    pts.export_triton(model, torch.randn(1, 1, 16), tmp_path, name="p", onnx=False)
+    served = _load_model(tmp_path, monkeypatch, "p")
+    (response,) = served.execute([_request(torch.randn(1, 1, 4), 5, False, False)])
+    assert "no state" in response.error
+    served.execute([_request(torch.randn(1, 1, 4), 6, True, False)])
+    served.idle_seconds = 0.0  # as if Triton's idle timeout had passed
+    served.execute([_request(torch.randn(1, 1, 4), 7, True, False)])
+    assert list(served.sequences) == [7]  # 6 was idle too long: dropped
+
+
+def test_a_model_with_lookahead_is_refused_for_triton(tmp_path: Path) -> None:
+    with pytest.raises(pts.NotStreamableError, match=r"StreamPool|lookahead|future"):
+        pts.export_triton(nn.Conv1d(1, 1, 3, padding=1), torch.randn(1, 1, 16), tmp_path)

@@ -19,10 +19,11 @@ DOCS_STAMP := $(VENV)/.installed-docs
 # the sdist of torch-streamer 0.0.2, for the compatibility test
 COMPAT := $(VENV)/compat/torch_streamer-0.0.2.tar.gz
 
-.PHONY: help venv test test-thorough lint check demo bench docs clean
+.PHONY: help venv test test-serving test-thorough lint check demo bench docs clean
 
 help:
 	@echo "make test           run the whole test suite (default hypothesis profile)"
+	@echo "make test-serving   a real Triton server streams 100+ sequences (tests/serving)"
 	@echo "make test-thorough  the same with >= 1000 examples per property"
 	@echo "make lint           ruff check and mypy src"
 	@echo "make check          lint and test, as CI runs them"
@@ -66,6 +67,22 @@ $(COMPAT): $(BASE_STAMP)
 test: $(TEST_STAMP) $(COMPAT)
 	TORCHSTREAMER_COMPAT_SDIST=$(abspath $(COMPAT)) $(BIN)/python -m pytest -q
 
+# the real Triton server (tests/serving) in its own venv: the server's Python-backend stub takes
+# its packages from the first python3 on PATH and needs NumPy < 2 there (requirements/serving.txt)
+SERVING_VENV ?= .venv-serving
+SERVING_STAMP := $(SERVING_VENV)/.installed
+SERVING_PIP := $(SERVING_VENV)/bin/python -m pip install --quiet
+$(SERVING_STAMP): pyproject.toml requirements/serving.txt
+	test -x $(SERVING_VENV)/bin/python || $(PYTHON) -m venv $(SERVING_VENV)
+	$(SERVING_PIP) --upgrade pip
+	$(SERVING_PIP) "$(TORCH_SPEC)"
+	$(SERVING_PIP) -r requirements/serving.txt
+	$(SERVING_PIP) --no-deps -e .
+	touch $@
+
+test-serving: $(SERVING_STAMP)
+	$(SERVING_VENV)/bin/python -m pytest -q tests/serving
+
 test-thorough: $(TEST_STAMP) $(COMPAT)
 	TORCHSTREAMER_COMPAT_SDIST=$(abspath $(COMPAT)) HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
 
@@ -87,4 +104,4 @@ docs: $(DOCS_STAMP)
 	$(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis benchmarks/.legacy-venv
+	rm -rf $(VENV) $(SERVING_VENV) build dist site src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis benchmarks/.legacy-venv

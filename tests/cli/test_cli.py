@@ -276,3 +276,19 @@ def test_inspect_says_that_a_model_with_strides_runs_in_frames(
     out = capsys.readouterr().out
     assert "step model: yes, in frames of 8 input samples" in out
     assert "StepStream streams it" in out
+
+
+def test_export_triton_writes_a_repository_and_refuses_a_model_with_lookahead(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repository = tmp_path / "repository"
+    code = main(["export-triton", "--example", "vollo_cnn", str(repository), "--no-onnx",
+                 "--block", "16", "--max-batch-size", "4"])  # fmt: skip
+    assert code == 0
+    config = (repository / "vollo_cnn" / "config.pbtxt").read_text()
+    assert "max_batch_size: 4" in config
+    assert "sequence_batching" in config
+    assert str(repository / "vollo_cnn" / "1" / "sequence.pt2") in capsys.readouterr().out
+    code = main(["export-triton", "--example", "seed_residual", str(tmp_path / "other")])
+    assert code == 1
+    assert "lookahead" in capsys.readouterr().err

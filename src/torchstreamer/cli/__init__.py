@@ -4,6 +4,7 @@
     torchstreamer verify MODEL             stream random signals, compare with offline
     torchstreamer bench MODEL --blocks ... time every path at several block sizes
     torchstreamer run MODEL IN OUT --block N   stream an audio file through the model
+    torchstreamer export-triton MODEL DIR  write a Triton model repository (docs/serving.md)
 
 MODEL is ``package.module:factory``, a file saved with ``torch.export.save``, or
 ``--example NAME`` for a built-in example. Options go before or after MODEL, IN and OUT. Exit
@@ -39,6 +40,7 @@ COMMANDS = {
     "verify": "stream random signals in random blocks and compare with offline",
     "bench": "time every path at several block sizes",
     "run": "stream an audio file (WAV/FLAC) through the model",
+    "export-triton": "write a Triton Inference Server model repository for the step form",
 }
 
 
@@ -72,6 +74,7 @@ def _at_least(minimum: int, kind: type = int) -> Callable[[str], Any]:
 
 _positive = _at_least(1)
 _non_negative = _at_least(0, float)
+_non_negative_int = _at_least(0)
 
 
 def _epilog() -> str:
@@ -105,7 +108,7 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
             "code, eval); only for files you trust",
         )
         subs[name] = sub
-    inspect, verify, bench, run = (subs[name] for name in COMMANDS)
+    inspect, verify, bench, run, triton = (subs[name] for name in COMMANDS)
     inspect.add_argument("--sample-rate", type=_positive, help="Hz, to show times in milliseconds")
     verify.add_argument("--signals", type=_positive, default=5, help="how many (default 5)")
     verify.add_argument("--seed", type=int, default=0)
@@ -124,6 +127,19 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     run.add_argument("output", type=Path, metavar="OUT")
     run.add_argument("--block", type=_positive, default=512, help="frames per call (default 512)")
     run.add_argument("--sample-rate", type=_positive, help="the rate the model expects, in Hz")
+    triton.add_argument("directory", type=Path, metavar="DIR", help="the model repository")
+    triton.add_argument("--name", help="the model's name in the repository (default: MODEL's)")
+    triton.add_argument(
+        "--block", type=_non_negative_int, default=0,
+        help="input samples per step call, a multiple of the frame (default: one frame)",
+    )  # fmt: skip
+    triton.add_argument("--max-batch-size", type=_positive, default=8)
+    triton.add_argument("--instances", type=_positive, default=1)
+    triton.add_argument(
+        "--idle-seconds", type=_non_negative, default=10.0,
+        help="Triton ends a sequence idle this long (default 10)",
+    )  # fmt: skip
+    triton.add_argument("--no-onnx", action="store_true", help="only the Python-backend model")
     return parser, subs
 
 
@@ -191,9 +207,29 @@ def _dispatch(args: argparse.Namespace, loaded: LoadedModel, began: float) -> in
         return bench_model(
             loaded, args.blocks, args.repeats, args.threads, args.json, args.plot, args.length
         )
+    if args.command == "export-triton":
+        return _export_triton(args, loaded)
     from torchstreamer.cli.run import run_file
 
     return run_file(loaded, args.input, args.output, args.block, args.sample_rate, began)
+
+
+def _export_triton(args: argparse.Namespace, loaded: LoadedModel) -> int:
+    from torchstreamer.serve.triton import export_triton
+
+    name = args.name or "".join(c if c.isalnum() else "_" for c in loaded.name).strip("_")
+    try:
+        with stage("exporting the sequence step"):
+            written = export_triton(
+                loaded.model, loaded.example, args.directory, name=name or "stream",
+                block=args.block, max_batch_size=args.max_batch_size, instances=args.instances,
+                idle_seconds=args.idle_seconds, onnx=not args.no_onnx,
+            )  # fmt: skip
+    except ImportError as error:
+        raise CliError(f"{error} (or pass --no-onnx)") from error
+    for path in written:
+        message(str(path))
+    return 0
 
 
 def _check_matplotlib() -> None:

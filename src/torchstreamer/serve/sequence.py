@@ -73,6 +73,7 @@ class SequenceStep(nn.Module):
             self.row_shapes.append([1, *initial.shape[1:]])
 
     def initial_rows(self) -> list[Tensor]:
+        """Each state's value for one row at the start of a signal (rows first)."""
         return [self.get_buffer(f"initial_{i}") for i in range(len(self.row_shapes))]
 
     def zero_states(self, rows: int) -> list[Tensor]:

@@ -71,7 +71,8 @@ def export_triton(
     sequences at once; return the files written.
 
     Args:
-        model: a causal model (with ``example``, one signal shaped like its input), or a frame
+        model: a causal model (with ``example``, a signal shaped like its input: ``[B, C, T]``,
+            whose first row is used, or ``[C, T]``), or a frame
             :class:`StepModel` built for a batch of at least two rows (``example`` ``None``).
         block: input samples per step call (a multiple of the model's frame; 0: one frame).
             Samples short of a block wait for the sequence's next request.
@@ -121,6 +122,8 @@ def _step(model: Union[nn.Module, StepModel], example: Optional[Tensor], axis: i
         return model
     if example is None:
         raise StreamError("export_triton needs an example input for a model.")
+    if example.dim() == 2:  # one signal [C, T]: serving batches signals on a new first axis
+        example = example.unsqueeze(0)
     rows = example.narrow(0, 0, 1).expand(2, *example.shape[1:]).contiguous()
     step, _ = streaming_transform(model, rows, axis, frame="auto")
     return step
@@ -203,7 +206,7 @@ def triton_configs(
     )
     batching = (
         f"  max_sequence_idle_microseconds: {idle}\n"
-        f"  oldest {{ max_candidate_sequences: {max(64, 8 * max_batch_size)} "
+        f"  oldest {{ max_candidate_sequences: {max(1024, 8 * max_batch_size)} "
         f"preferred_batch_size: [ {max_batch_size} ] max_queue_delay_microseconds: 1000 }}\n"
     )
     python = (

@@ -171,6 +171,8 @@ def held_product(
     kernel = taps.shape[0]
     span = dilation * (kernel - 1) + 1
     count = (keep + rows.shape[-2] - span) // stride + 1
+    if rows.dim() == 3 and count >= _SHIFTED_FROM:  # many rows of many outputs: one product
+        return _unfolded_product(held, rows, taps, bias, stride, dilation, count)
     if rows.dim() != 2 or count < _SHIFTED_FROM or kernel > _SHIFTED_TAPS:
         return window_product(torch.cat([held, rows], -2), taps, bias, stride, dilation)
     first = min(count, -(-keep // stride))  # outputs from `first` on read only `rows`
@@ -189,6 +191,69 @@ def held_product(
     return y
 
 
+def _unfolded_product(
+    held: Tensor,
+    rows: Tensor,
+    taps: Tensor,
+    bias: Optional[Tensor],
+    stride: int,
+    dilation: int,
+    count: int,
+) -> Tensor:
+    """:func:`window_product` over ``[held, rows]`` for a batch of rows ``[B, L, C]``: the
+    windows unfolded straight from ``held`` and ``rows`` (no joined copy) into one
+    ``[B * count, K * C]`` matrix, times the taps in one product. A product per tap would be a
+    batched product with a broadcast matrix, several times slower for many rows."""
+    batch, keep, channels = held.shape
+    kernel, _, out_channels = taps.shape
+    if out_channels < channels:  # fewer outputs than inputs: multiply first, then shift
+        return _multiplied_first(held, rows, taps, bias, stride, dilation, count)
+    flat = rows.new_empty(batch, count, kernel, channels)
+    for m in range(kernel):
+        offset = m * dilation  # output j's tap m reads joined sample j * stride + offset
+        from_held = min(count, max(0, -(-(keep - offset) // stride)))
+        if from_held:
+            flat[:, :from_held, m] = held[
+                :, offset : offset + (from_held - 1) * stride + 1 : stride
+            ]
+        if count > from_held:
+            start = from_held * stride + offset - keep
+            flat[:, from_held:, m] = rows[
+                :, start : start + (count - from_held - 1) * stride + 1 : stride
+            ]
+    matrix = taps.reshape(kernel * channels, out_channels)
+    flat2 = flat.view(batch * count, kernel * channels)
+    y = torch.addmm(bias, flat2, matrix) if bias is not None else torch.mm(flat2, matrix)
+    return y.view(batch, count, out_channels)
+
+
+def _multiplied_first(
+    held: Tensor,
+    rows: Tensor,
+    taps: Tensor,
+    bias: Optional[Tensor],
+    stride: int,
+    dilation: int,
+    count: int,
+) -> Tensor:
+    """:func:`_unfolded_product` for layers with fewer outputs than inputs: every sample times
+    all taps in one product ``[B * L, C] @ [C, K * O]``, then the taps' shifted results summed
+    (this moves ``K * O`` values per sample where unfolding moves ``K * C``)."""
+    batch, keep, channels = held.shape
+    kernel, _, out_channels = taps.shape
+    side = taps.permute(1, 0, 2).reshape(channels, kernel * out_channels)
+    length = rows.shape[1]
+    products = (rows.reshape(batch * length, channels) @ side).view(batch, length, kernel, -1)
+    if keep:
+        before = (held.reshape(batch * keep, channels) @ side).view(batch, keep, kernel, -1)
+        products = torch.cat([before, products], 1)
+    last = (count - 1) * stride + 1
+    y = products[:, 0:last:stride, 0].clone()
+    for m in range(1, kernel):
+        y.add_(products[:, m * dilation : m * dilation + last : stride, m])
+    return y.add_(bias) if bias is not None else y
+
+
 def window_product(
     rows: Tensor, taps: Tensor, bias: Optional[Tensor], stride: int, dilation: int
 ) -> Tensor:
@@ -205,6 +270,8 @@ def window_product(
     kernel, channels, out_channels = taps.shape
     span = dilation * (kernel - 1) + 1
     count = (rows.shape[-2] - span) // stride + 1
+    if rows.dim() == 3 and count >= _SHIFTED_FROM:  # many rows of many outputs: one product
+        return _unfolded_product(rows[:, :0], rows, taps, bias, stride, dilation, count)
     if count >= _SHIFTED_FROM and kernel <= _SHIFTED_TAPS:
         y = torch.matmul(rows[..., 0 : (count - 1) * stride + 1 : stride, :], taps[0])
         for m in range(1, kernel):

@@ -56,8 +56,8 @@ def test_a_triton_server_streams_many_sequences_exactly(tmp_path: Path) -> None:
                 tensor.set_data_from_numpy(data)
                 began = time.perf_counter()
                 reply = client.infer(
-                    "vollo", [tensor], sequence_id=1000 + index, sequence_start=b == 0, client_timeout=60,
-                    sequence_end=b == blocks - 1,
+                    "vollo", [tensor], sequence_id=1000 + index, sequence_start=b == 0,
+                    sequence_end=b == blocks - 1, client_timeout=60,
                 )  # fmt: skip
                 with lock:
                     latencies.append(time.perf_counter() - began)

@@ -200,14 +200,27 @@ def _unfolded_product(
     dilation: int,
     count: int,
 ) -> Tensor:
-    """:func:`window_product` over ``[held, rows]`` for a batch of rows ``[B, L, C]``: the
-    windows unfolded straight from ``held`` and ``rows`` (no joined copy) into one
-    ``[B * count, K * C]`` matrix, times the taps in one product. A product per tap would be a
-    batched product with a broadcast matrix, several times slower for many rows."""
+    """:func:`window_product` over ``[held, rows]`` for a batch of rows ``[B, L, C]``, in one
+    matrix product (a product per tap would be a batched product with a broadcast matrix,
+    several times slower for many rows). With at least as many outputs ``O`` as inputs ``C``,
+    the windows are unfolded straight from ``held`` and ``rows`` (no joined copy) into one
+    ``[B * count, K * C]`` matrix, times the taps. With fewer, every sample is multiplied by all
+    taps first, ``[B * L, C] @ [C, K * O]``, and the taps' shifted results are summed: this
+    moves ``K * O`` values per sample where unfolding moves ``K * C``."""
     batch, keep, channels = held.shape
     kernel, _, out_channels = taps.shape
-    if out_channels < channels:  # fewer outputs than inputs: multiply first, then shift
-        return _multiplied_first(held, rows, taps, bias, stride, dilation, count)
+    if out_channels < channels:
+        side = taps.permute(1, 0, 2).reshape(channels, kernel * out_channels)
+        length = rows.shape[1]
+        products = (rows.reshape(batch * length, channels) @ side).view(batch, length, kernel, -1)
+        if keep:
+            before = (held.reshape(batch * keep, channels) @ side).view(batch, keep, kernel, -1)
+            products = torch.cat([before, products], 1)
+        last = (count - 1) * stride + 1
+        y = products[:, 0:last:stride, 0].clone()
+        for m in range(1, kernel):
+            y.add_(products[:, m * dilation : m * dilation + last : stride, m])
+        return y.add_(bias) if bias is not None else y
     flat = rows.new_empty(batch, count, kernel, channels)
     for m in range(kernel):
         offset = m * dilation  # output j's tap m reads joined sample j * stride + offset
@@ -225,33 +238,6 @@ def _unfolded_product(
     flat2 = flat.view(batch * count, kernel * channels)
     y = torch.addmm(bias, flat2, matrix) if bias is not None else torch.mm(flat2, matrix)
     return y.view(batch, count, out_channels)
-
-
-def _multiplied_first(
-    held: Tensor,
-    rows: Tensor,
-    taps: Tensor,
-    bias: Optional[Tensor],
-    stride: int,
-    dilation: int,
-    count: int,
-) -> Tensor:
-    """:func:`_unfolded_product` for layers with fewer outputs than inputs: every sample times
-    all taps in one product ``[B * L, C] @ [C, K * O]``, then the taps' shifted results summed
-    (this moves ``K * O`` values per sample where unfolding moves ``K * C``)."""
-    batch, keep, channels = held.shape
-    kernel, _, out_channels = taps.shape
-    side = taps.permute(1, 0, 2).reshape(channels, kernel * out_channels)
-    length = rows.shape[1]
-    products = (rows.reshape(batch * length, channels) @ side).view(batch, length, kernel, -1)
-    if keep:
-        before = (held.reshape(batch * keep, channels) @ side).view(batch, keep, kernel, -1)
-        products = torch.cat([before, products], 1)
-    last = (count - 1) * stride + 1
-    y = products[:, 0:last:stride, 0].clone()
-    for m in range(1, kernel):
-        y.add_(products[:, m * dilation : m * dilation + last : stride, m])
-    return y.add_(bias) if bias is not None else y
 
 
 def window_product(

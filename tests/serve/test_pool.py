@@ -137,3 +137,21 @@ def test_a_model_that_mixes_rows_is_served_one_stream_per_slot() -> None:
     pool = pts.StreamPool(MixRows(), torch.randn(1, 1, 16), slots=3)
     assert not pool.batched
     assert "mixes the rows" in pool.reason
+
+
+def test_a_pool_moves_to_another_dtype_with_its_open_slots() -> None:
+    model = nn.Sequential(pts.PaddedConv1d(1, 2, 3), nn.Tanh()).eval()
+    for slots_model in (model, nn.Conv1d(1, 2, 3, padding=1).eval()):  # batched, one per slot
+        pool = pts.StreamPool(slots_model, torch.randn(1, 1, 16), slots=2)
+        a = pool.open()
+        x = torch.randn(1, 1, 12, dtype=torch.float64)
+        first = pool.feed({a: x[..., :5].float()})[a]
+        pool.double()
+        with pytest.raises(pts.StreamInputError, match="float64"):
+            pool.feed({a: x[..., 5:].float()})
+        second = pool.feed({a: x[..., 5:]})[a]
+        last = pool.close(a)
+        parts = [t.double() for t in (first, second, last) if t is not None]
+        expected = slots_model.double()(x).detach()
+        slots_model.float()
+        assert_matches(torch.cat(parts, -1), expected)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -93,6 +93,17 @@ class StreamPool(nn.Module):
         else:
             self._prototype = stream(model, example, self.axis)
             self._streams = [None] * slots
+
+    def _apply(self, fn: Any, recurse: bool = True) -> StreamPool:
+        """``.to()``, ``.double()``, ``.cuda()``: the step model, the waiting samples and the
+        open slots' streams move; blocks must then come in the new dtype and device."""
+        result = super()._apply(fn, recurse)
+        probe = fn(torch.empty(0, dtype=self._dtype, device=self._device))
+        self._dtype, self._device = probe.dtype, probe.device
+        for own in self._streams:
+            if own is not None:
+                own._apply(fn, recurse)
+        return result
 
     @property
     def batched(self) -> bool:

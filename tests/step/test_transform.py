@@ -84,7 +84,9 @@ class Block(nn.Module):
             layer = nn.LSTM if kind == "lstm" else nn.GRU
             self.rnn = layer(c, c, num_layers=1 + dilation % 2, batch_first=True)
         elif kind == "norm":
-            self.norm = nn.LayerNorm(c)
+            # eps 1e-3: over 1-5 channels that nearly agree, the default 1e-5 amplifies float32
+            # rounding past the 1e-5 tolerance (a flaky failure: 1 value in 500 at 2e-5)
+            self.norm = nn.LayerNorm(c, eps=1e-3)
             self.proj = nn.Linear(c, c)
         elif kind == "avg":
             self.kernel = kernel

@@ -358,3 +358,31 @@ def test_the_start_entry_runs_the_model_on_a_length_it_accepts(index: int) -> No
         x = torch.randn(1, 2, length)
         with torch.no_grad():
             assert_matches(run_stream(stream, x, split_lengths(length, sizes)[:-1]), model(x))
+
+
+def test_the_build_check_ends_signals_of_other_lengths_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # frame code whose end is wrong only for lengths of one residue modulo the frame (as a
+    # pool's last partial window was): streaming the example's length alone would pass it
+    from torchstreamer.step import engine as engine_module
+
+    model = nn.Sequential(nn.Conv1d(1, 2, 4, stride=4), nn.Tanh()).eval()
+    example = torch.randn(1, 1, 64)
+    source = pts.stream(model, example)
+    assert source.engine.startswith("frames of 4")
+    honest = engine_module.FrameEngine.run
+    ended: list[int] = []  # the residues of the lengths the check ended
+
+    def run(self, x, final, source):  # type: ignore[no-untyped-def]
+        total = self._seen + x.shape[-1]
+        y = honest(self, x, final, source)
+        if final:
+            ended.append(total % 4)
+            if total % 4 == 3 and y is not None:
+                y = y + 1
+        return y
+
+    monkeypatch.setattr(engine_module.FrameEngine, "run", run)
+    built, reason = engine_module.frame_engine(source, example)
+    assert 3 in ended
+    assert built is None
+    assert "did not reproduce" in reason

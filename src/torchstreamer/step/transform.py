@@ -145,10 +145,7 @@ class StepModel(nn.Module):
             self._refuse(x)
 
     def _step(self, x: Tensor) -> Outputs:
-        if x.shape != self._input_shape and not self._whole_frames(x):
-            self._refuse(x)
-        if self._dtype is not None and (x.dtype != self._dtype or x.device != self._device):
-            self._refuse(x)
+        self._check(x)
         if torch.compiler.is_compiling():  # let the compiler see the module and its buffers
             return self.step_function(x)
         if torch.is_grad_enabled():  # the state must not record autograd history

@@ -155,3 +155,46 @@ def test_a_pool_moves_to_another_dtype_with_its_open_slots() -> None:
         expected = slots_model.double()(x).detach()
         slots_model.float()
         assert_matches(torch.cat(parts, -1), expected)
+
+
+class TwoRates(nn.Module):
+    """Two outputs, one at the input rate and one at half of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = pts.PaddedConv1d(2, 3, 3)
+        self.b = nn.Conv1d(3, 2, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.tanh(self.a(x))
+        return h, self.b(h)
+
+
+class TimeMajor(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(3, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rnn(x)[0]
+
+
+def test_pools_of_two_outputs_and_of_time_major_signals() -> None:
+    two = TwoRates().eval()
+    pool = pts.StreamPool(two, torch.randn(1, 2, 32), slots=2)
+    assert not pool.batched  # frames of 2 would hold the rate-1 output back
+    assert "hold outputs back" in pool.reason
+    slot, x = pool.open(), torch.randn(1, 2, 21)
+    parts = [pool.feed({slot: x[..., i : i + 5]})[slot] for i in range(0, 21, 5)]
+    for j, expected in enumerate(two(x)):
+        got = torch.cat([p[j] for p in parts if p is not None], -1)
+        assert_matches(got, expected.detach())
+    time_major = TimeMajor().eval()
+    pool = pts.StreamPool(time_major, torch.randn(1, 20, 3), slots=2, axis=1)
+    assert pool.batched
+    a, b = pool.open(), pool.open()
+    x, z = torch.randn(1, 9, 3), torch.randn(1, 5, 3)
+    first = pool.feed({a: x[:, :4], b: z})
+    y = torch.cat([first[a], pool.feed({a: x[:, 4:]})[a]], 1)
+    torch.testing.assert_close(y, time_major(x).detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(first[b], time_major(z).detach(), rtol=1e-5, atol=1e-5)

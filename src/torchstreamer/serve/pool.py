@@ -72,9 +72,15 @@ class StreamPool(nn.Module):
         try:
             batch = example.expand(slots, *example.shape[1:]).contiguous()
             step, _ = streaming_transform(model, batch, self.axis, frame="auto")
-            if step.held_back or not step.drops_partial_frames:
+            if step.held_back:
                 raise NotStreamableError(
-                    "its frames hold outputs back or its end needs the offline model"
+                    f"its frames of {step.frame} samples would hold outputs back by up to "
+                    f"{step.held_back} samples (outputs at different rates)"
+                )
+            if not step.drops_partial_frames:
+                raise NotStreamableError(
+                    "the end of its signals determines outputs (right padding, a window that "
+                    "the end closes), which only torchstreamer.stream computes"
                 )
             step.row_layout()  # refuses models that mix the rows of a batch
             self.step = step

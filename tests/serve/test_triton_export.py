@@ -160,6 +160,15 @@ def test_the_python_backend_model_refuses_a_sequence_without_state(
     served = _load_model(tmp_path, monkeypatch, "p")
     (response,) = served.execute([_request(torch.randn(1, 1, 4), 5, False, False)])
     assert "no state" in response.error
+    wrong, right = served.execute(
+        [
+            _request(torch.randn(1, 2, 4), 8, True, False),
+            _request(torch.randn(1, 1, 4), 9, True, False),
+        ]
+    )
+    assert "must be shaped [1, 1, T]" in wrong.error
+    assert right.error is None
+    assert 8 not in served.sequences
     served.execute([_request(torch.randn(1, 1, 4), 6, True, False)])
     served.idle_seconds = 0.0  # as if Triton's idle timeout had passed
     served.execute([_request(torch.randn(1, 1, 4), 7, True, False)])

@@ -47,6 +47,10 @@ class TritonPythonModel:
             start, end = _flag(request, "START", False), _flag(request, "END", False)
             signal = pb_utils.get_input_tensor_by_name(request, self.meta["input"])
             x = torch.from_numpy(signal.as_numpy().copy()).to(self.dtype)
+            problem = self._misfit(x)
+            if problem:  # this request fails alone; its sequence's state is unchanged
+                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(problem))
+                continue
             if start:
                 sequence = _Sequence(self.meta, x)
             else:
@@ -72,6 +76,21 @@ class TritonPythonModel:
         for corrid in [c for c, s in self.sequences.items() if now - s.seen > self.idle_seconds]:
             del self.sequences[corrid]  # Triton dropped it after its idle timeout
         return responses
+
+    def _misfit(self, x):
+        """Why a request's signal does not fit the model, or None."""
+        shape, axis = self.meta["shape"], self.axis
+        fits = x.dim() == len(shape) + 1 and x.shape[0] == 1
+        fits = fits and all(
+            size == own for d, (size, own) in enumerate(zip(x.shape[1:], shape)) if d + 1 != axis
+        )
+        if fits:
+            return None
+        expected = ["1"] + ["T" if d + 1 == axis else str(s) for d, s in enumerate(shape)]
+        return (
+            f"{self.meta['input']} must be shaped [{', '.join(expected)}] (one sequence per "
+            f"request, any number T of samples) but is {list(x.shape)}"
+        )
 
     @property
     def _outputs(self):

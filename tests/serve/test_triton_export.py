@@ -178,3 +178,10 @@ def test_the_python_backend_model_refuses_a_sequence_without_state(
 def test_a_model_with_lookahead_is_refused_for_triton(tmp_path: Path) -> None:
     with pytest.raises(pts.NotStreamableError, match=r"StreamPool|lookahead|future"):
         pts.export_triton(nn.Conv1d(1, 1, 3, padding=1), torch.randn(1, 1, 16), tmp_path)
+
+
+def test_a_step_model_of_one_row_is_refused_for_serving(tmp_path: Path) -> None:
+    model = nn.Sequential(pts.PaddedConv1d(1, 2, 3)).eval()
+    step, _ = pts.streaming_transform(model, torch.randn(1, 1, 16), -1, frame="auto")
+    with pytest.raises(pts.StreamError, match="at least two rows"):
+        pts.export_triton(step, None, tmp_path, onnx=False)

@@ -57,7 +57,6 @@ class RowLayout:
 
     def __init__(self, step: StepModel) -> None:
         self.rows = int(step._input_shape[input_row_axis(step)])
-        self.input_axis = input_row_axis(step)
         self.axes: tuple[Optional[int], ...] = self._find_axes(step)
 
     def _find_axes(self, step: StepModel) -> tuple[Optional[int], ...]:
@@ -121,9 +120,7 @@ def _row_changes(step: StepModel, row: int) -> list[Tensor]:
     """Per output and state of the pure step, after a few calls: where a run whose input
     differs in ``row`` only differs from the first run (a bool tensor shaped like the value)."""
     pure = step.pure()
-    example = step.initial_state()
-    reference = next((t for t in example if t.is_floating_point()), None)
-    dtype = step._dtype or (reference.dtype if reference is not None else torch.float32)
+    dtype = step._dtype or torch.float32  # (no floating state: the input is float32)
     device = step._device or torch.device("cpu")
     generator = torch.Generator().manual_seed(7)
     axis = input_row_axis(step)

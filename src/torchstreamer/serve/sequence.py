@@ -54,11 +54,18 @@ class SequenceStep(nn.Module):
                 f"(this step model's time axis is {step.axis})."
             )
         layout = step.row_layout()
+        if layout.rows < 2:
+            raise StreamError(
+                "A sequence step needs a step model built for at least two rows: the rows of "
+                "its state are found by comparing them."
+            )
         self.frame = step.frame
         self.axis = step.axis
         self.state_names = step.state_names
         self.output_axes = step.output_axes
-        self._axes = tuple(0 if a is None else a for a in layout.axes)
+        axes = [a for a in layout.axes if a is not None]
+        assert len(axes) == len(layout.axes), "with two rows or more each state has its row axis"
+        self._axes = tuple(axes)
         self._outputs = len(step.output_axes)
         self.pure = step.pure()
         self.row_shapes: list[list[int]] = []

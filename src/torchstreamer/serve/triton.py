@@ -114,12 +114,7 @@ def export_triton(
 
 def _step(model: Union[nn.Module, StepModel], example: Optional[Tensor], axis: int) -> StepModel:
     if isinstance(model, StepModel):
-        if model.row_layout().rows < 2:
-            raise StreamError(
-                "Export a step model built for at least two rows (the rows of its state are "
-                "found by comparing them), or give the model and one example signal."
-            )
-        return model
+        return model  # (SequenceStep refuses one built for a single row)
     if example is None:
         raise StreamError("export_triton needs an example input for a model.")
     if example.dim() == 2:  # one signal [C, T]: serving batches signals on a new first axis

@@ -80,14 +80,15 @@ def pool_capacity(name: str, quick: bool) -> dict[str, Any]:
         measured[n] = tick_seconds(model, example, n, ticks)
         return measured[n] <= TICK
 
-    low, high = 0, 8 if not quick else 2
-    while keeps_up(high) and not quick:
-        low, high = high, high * 2
-    if quick:
-        low = high if measured[high] <= TICK else 0
-    while not quick and high - low > max(1, low // 20):
-        middle = (low + high) // 2
-        low, high = (middle, high) if keeps_up(middle) else (low, middle)
+    if quick:  # one small measurement: the report's shape, not a figure
+        low = 2 if keeps_up(2) else 0
+    else:  # double until a tick takes longer than real time, then bisect to 5 %
+        low, high = 0, 8
+        while keeps_up(high):
+            low, high = high, high * 2
+        while high - low > max(1, low // 20):
+            middle = (low + high) // 2
+            low, high = (middle, high) if keeps_up(middle) else (low, middle)
     return {
         "workload": name,
         "batched": pts.StreamPool(model, example, slots=2).batched,

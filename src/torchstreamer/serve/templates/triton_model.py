@@ -41,7 +41,7 @@ class TritonPythonModel:
         work = []
         for index, request in enumerate(requests):
             if not _flag(request, "READY", True):  # a padding slot of the direct strategy
-                responses[index] = self._response([self._empty(i) for i in range(self._outputs)])
+                responses[index] = self._response([_empty(s) for s in self.meta["outputs"]])
                 continue
             corrid = int(_scalar(request, "CORRID", 0))
             start, end = _flag(request, "START", False), _flag(request, "END", False)
@@ -118,12 +118,6 @@ class TritonPythonModel:
                 rest = s.pending.shape[self.axis] - self.block
                 s.pending = s.pending.narrow(self.axis, self.block, rest)
 
-    def _empty(self, index):
-        spec = self.meta["outputs"][index]
-        shape = [1, *spec["shape"]]
-        shape[spec["time_axis"]] = 0
-        return torch.zeros(shape, dtype=getattr(torch, spec["dtype"]))
-
     def _response(self, tensors):
         names = [spec["name"] for spec in self.meta["outputs"]]
         return pb_utils.InferenceResponse(
@@ -153,14 +147,16 @@ class _Sequence:
         taken = []
         for index, spec in enumerate(meta["outputs"]):
             parts = [o[index] for o in self.outputs]
-            if parts:
-                taken.append(torch.cat(parts, spec["time_axis"]))
-            else:
-                shape = [1, *spec["shape"]]
-                shape[spec["time_axis"]] = 0
-                taken.append(torch.zeros(shape, dtype=getattr(torch, spec["dtype"])))
+            taken.append(torch.cat(parts, spec["time_axis"]) if parts else _empty(spec))
         self.outputs = []
         return taken
+
+
+def _empty(spec):
+    """An output with no samples (a request that completes none)."""
+    shape = [1, *spec["shape"]]
+    shape[spec["time_axis"]] = 0
+    return torch.zeros(shape, dtype=getattr(torch, spec["dtype"]))
 
 
 def _scalar(request, name, default):

@@ -103,6 +103,17 @@ class BaseStream(Stateful):
         return None
 
     @torch.jit.export
+    def promise(self, n: int) -> int:
+        """Note that the signal in progress reaches at least ``n`` input samples (an earlier
+        layer guarantees them) and return how many outputs that guarantees in turn; 0 when the
+        stream does not say.
+
+        Containers call it before each block, so that an output whose existence, not its value,
+        waits on later samples (a transposed convolution's gaps, the last outputs its padding
+        crops) comes as soon as it is guaranteed. The default promises nothing."""
+        return 0
+
+    @torch.jit.export
     def _check_end(self, total: int) -> None:
         """Raise :class:`StreamInputError` if a signal of ``total`` samples cannot end now.
 

@@ -31,10 +31,12 @@ __all__ = [
     "residual_crop",
     "same_padding",
     "transposed_carry",
+    "transposed_length",
     "transposed_output_length",
     "transposed_reads",
     "transposed_ready",
     "valid_output_length",
+    "window_length",
     "window_reads",
     "window_ready",
 ]
@@ -205,19 +207,46 @@ def window_reads(j: Any, span: int, stride: int, left: int = 0) -> tuple[Any, An
     return start, start + span - 1
 
 
-def transposed_ready(n: Any, span: int, stride: int, crop: int = 0, extra: int = 0) -> Any:
+def transposed_ready(
+    n: Any, span: int, stride: int, crop: int = 0, extra: int = 0, promised: Any = None
+) -> Any:
     """Outputs of a transposed convolution that ``n`` input samples complete.
 
     Input ``i`` writes the uncropped outputs ``i*stride .. i*stride + span - 1``, so those before
     ``n*stride`` are complete; of the outputs that the end of the signal would still add, only
     those that exist whatever comes next count (``crop`` is the padding cut at each end,
-    ``extra`` the output padding).
+    ``extra`` the output padding): those of a signal of ``n`` samples, or of ``promised`` when
+    an earlier layer guarantees that the input reaches that length.
 
     >>> [transposed_ready(n, span=4, stride=2, crop=1) for n in range(5)]
     [0, 1, 3, 5, 7]
+    >>> [transposed_ready(n, span=1, stride=4) for n in range(4)]  # gaps wait for an input
+    [0, 1, 5, 9]
+    >>> [transposed_ready(n, span=1, stride=4, promised=3) for n in range(4)]
+    [0, 4, 8, 9]
     """
-    end = _minimum(n * stride, (n - 1) * stride + span + extra - crop)
+    total = n if promised is None else _maximum(n, promised)
+    end = _minimum(n * stride, (total - 1) * stride + span + extra - crop)
     return _clamp(end - crop) * ((n > 0) * 1)
+
+
+def transposed_length(n: Any, span: int, stride: int, crop: int = 0, extra: int = 0) -> Any:
+    """:func:`transposed_output_length` of ints or int64 tensors, from the span.
+
+    >>> transposed_length(torch.tensor([0, 1, 4]), span=3, stride=2, crop=1, extra=1).tolist()
+    [0, 2, 8]
+    """
+    return _clamp((n - 1) * stride + span + extra - 2 * crop) * ((n > 0) * 1)
+
+
+def window_length(n: Any, span: int, stride: int, left: int = 0, right: int = 0) -> Any:
+    """Outputs of a window layer on a whole signal of ``n`` samples padded by ``left`` and
+    ``right`` (:func:`valid_output_length` of the padded signal; ints or int64 tensors).
+
+    >>> window_length(torch.tensor([0, 1, 5]), span=3, stride=2, left=1, right=1).tolist()
+    [0, 1, 3]
+    """
+    return _clamp((n + left + right - span) // stride + 1) * ((n > 0) * 1)
 
 
 def transposed_reads(j: Any, span: int, stride: int, crop: int = 0) -> tuple[Any, Any]:
@@ -233,6 +262,12 @@ def transposed_reads(j: Any, span: int, stride: int, crop: int = 0) -> tuple[Any
 
 def _clamp(value: Any) -> Any:
     return value.clamp(min=0) if isinstance(value, torch.Tensor) else max(value, 0)
+
+
+def _maximum(a: Any, b: Any) -> Any:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
+    return max(a, b)
 
 
 def _minimum(a: Any, b: Any) -> Any:

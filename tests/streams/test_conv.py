@@ -215,12 +215,19 @@ def test_transposed_convolution_computes_each_input_once(monkeypatch: pytest.Mon
 def test_transposed_stream_returns_what_the_time_rule_says(
     stride: int, padding: int, output_padding: int
 ) -> None:
-    """The stream's own (scriptable) count is the plan's: time.transposed_ready."""
+    """The stream's own (scriptable) count is the plan's: time.transposed_ready, with and
+    without a promise of more input."""
     from torchstreamer.time import transposed_ready
 
     output_padding = min(output_padding, stride - 1)
     conv = nn.ConvTranspose1d(1, 1, 4, stride, padding, output_padding)
     stream = pts.ConvTranspose1dStream(conv, "model")
     for n in range(0, 40):
-        ready = stream._ready_end(n) - stream._crop
+        ready = stream._ready_end(n, 0) - stream._crop
         assert ready == transposed_ready(n, stream._span, stride, padding, output_padding)
+        for promised in (n + 1, n + 3):
+            ready = stream._ready_end(n, promised) - stream._crop
+            expected = transposed_ready(
+                n, stream._span, stride, padding, output_padding, promised=promised
+            )
+            assert ready == expected

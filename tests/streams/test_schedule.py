@@ -78,3 +78,80 @@ def test_the_schedule_holds_back_no_output(
     assert (counts, y is None) == (per_call(every, x, lengths)[0], y is None)
     if expected is not None:
         assert_matches(y, expected)
+
+
+def plan_counts(stream: pts.Sequential1dStream, lengths: list[int]) -> list[int]:
+    """What the plan says each call returns (the last call ends the signal: not compared)."""
+    from torchstreamer.plan.rules import stream_rule
+    from torchstreamer.plan.timing import chain_timing
+
+    timing = chain_timing([stream_rule(s) for s in stream.streams])
+    last, seen, before, counts = timing.nodes[-1], 0, 0, []
+    for length in lengths[:-1]:
+        seen += length
+        now = timing.count_at(last, seen)
+        counts.append(now - before)
+        before = now
+    return counts
+
+
+@fewer(60)
+@given(
+    net=networks(),
+    padding=st.sampled_from(["valid", "model"]),
+    lengths=st.lists(st.integers(0, 7), min_size=2, max_size=30),
+)
+def test_the_layers_return_every_output_with_the_call_that_guarantees_it(
+    net: nn.Sequential, padding: str, lengths: list[int]
+) -> None:
+    """One stream per layer returns each output with the same call as the plan says and as
+    the frame engine does: a transposed convolution's gaps and the outputs its padding crops
+    come as soon as an earlier layer guarantees more input (promise), not a call later."""
+    x = torch.randn(1, 1, sum(lengths) + 24)
+    lengths = [*lengths, 24]
+    try:
+        with torch.no_grad():
+            expected = net(x) if padding == "model" else None
+        layers = pts.Sequential1dStream(net, padding, engine=False)
+        engine = pts.Sequential1dStream(net, padding)
+    except (RuntimeError, pts.NotStreamableError):
+        return
+    every = pts.Sequential1dStream(net, padding, engine=False)
+    every._gate_period = 0  # every call runs every layer: what the layers return by themselves
+    try:
+        counts, y = per_call(layers, x, lengths)
+    except pts.StreamInputError:
+        return
+    assert counts[:-1] == plan_counts(layers, lengths)
+    assert counts == per_call(every, x, lengths)[0]
+    if engine.engine != "layers":
+        assert counts == per_call(engine, x, lengths)[0]
+    if expected is not None:
+        assert_matches(y, expected)
+
+
+def test_scripted_layers_return_gaps_and_cropped_outputs_as_soon_as_they_are_guaranteed() -> None:
+    """A convolution with right padding guarantees a transposed convolution more input: its
+    gaps and the outputs its padding would crop at the end come with the sample that completes
+    them, eager, scripted and on the engine alike (hand-checked counts)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv1d(1, 2, 3, padding=2), nn.ConvTranspose1d(2, 2, 2, stride=2, padding=1),
+        nn.ReLU(), nn.ConvTranspose1d(2, 1, 1, stride=4),
+    ).eval()  # fmt: skip
+    x = torch.randn(1, 1, 12)
+    lengths = [1] * 12
+    # n samples: the conv has 1 + (n - 1) values and guarantees n + 2; the first transposed
+    # conv has completed 2n - 1 outputs of 2(n + 1) guaranteed, of which the crop takes the
+    # first; the second turns each into a value and 3 gaps: 4 outputs after the first sample
+    # (none without the promise, and every gap then waits for the next value), 8 more per
+    # sample, and at the end 101 in all (the layers' lengths: 14, 26, 101)
+    expected_counts = [4] + [8] * 10 + [17]
+    for stream in (
+        pts.Sequential1dStream(net, "model", engine=False),
+        torch.jit.script(pts.Sequential1dStream(net, "model", engine=False)),
+        pts.Sequential1dStream(net, "model"),
+    ):
+        counts, y = per_call(stream, x, lengths)  # type: ignore[arg-type]
+        assert counts == expected_counts
+        assert_matches(y, net(x))

@@ -279,7 +279,8 @@ class ModuleStreamHandler(Handler):
         self.stream.reset()
 
     def rule(self) -> TimeRule:
-        return stream_rule(self.stream)
+        rule = stream_rule(self.stream)  # without promises: this handler passes none on
+        return TimeRule(rule.rate, rule.ready, rule.reads)
 
     def step(self, args: list[Any], final: bool) -> Any:
         holder = self.holder.__dict__  # plain attributes (see _plain): no nn.Module bookkeeping

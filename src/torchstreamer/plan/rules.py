@@ -25,7 +25,14 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from torchstreamer.time import transposed_reads, transposed_ready, window_reads, window_ready
+from torchstreamer.time import (
+    transposed_length,
+    transposed_reads,
+    transposed_ready,
+    window_length,
+    window_reads,
+    window_ready,
+)
 
 __all__ = [
     "PER_STEP",
@@ -33,6 +40,7 @@ __all__ = [
     "chain",
     "first_count",
     "length_rule",
+    "promised_ready",
     "same_step",
     "slowest",
     "stream_rule",
@@ -49,11 +57,34 @@ class TimeRule:
     goes on. ``reads(j)``: the first and last sample of its time inputs that output ``j`` reads,
     or ``None`` when an output depends on every earlier sample (recurrent layers, running sums).
     ``ready`` and ``reads`` take Python ints or int64 tensors (one value per element).
+
+    Promises: ``length(totals)`` is how many outputs the op gives for a whole signal whose time
+    inputs have ``totals`` samples (``None``: unknown, or not passed on by the stream). A layer
+    downstream of one that pads or strides is thus guaranteed more input than it has seen, and
+    ``ready_promised(counts, promised)`` is ``ready`` once its inputs are guaranteed to reach
+    ``promised`` samples (``None``: the same as ``ready``): a transposed convolution's gaps and
+    the outputs its padding crops at the end exist, and come, as soon as that is guaranteed.
     """
 
     rate: Fraction
     ready: Callable[[list[Any]], Any]
     reads: Optional[Callable[[Any], tuple[Any, Any]]]
+    length: Optional[Callable[[list[Any]], Any]] = None
+    ready_promised: Optional[Callable[[list[Any], list[Any]], Any]] = None
+
+
+def promised_ready(rule: TimeRule, counts: list[Any], promised: list[Any]) -> tuple[Any, Any]:
+    """The outputs ``rule``'s op has returned once its inputs have returned ``counts`` samples
+    and are guaranteed to reach ``promised``, and the number of outputs that guarantees in turn
+    (at least those returned)."""
+    ready = (
+        rule.ready_promised(counts, promised)
+        if rule.ready_promised is not None
+        else rule.ready(counts)
+    )
+    if rule.length is None:
+        return ready, ready
+    return ready, _upper(rule.length(promised), ready)
 
 
 def first_count(counts: list[Any]) -> Any:
@@ -73,7 +104,7 @@ def slowest(counts: list[Any]) -> Any:
     )
 
 
-PER_STEP = TimeRule(Fraction(1), first_count, same_step)
+PER_STEP = TimeRule(Fraction(1), first_count, same_step, first_count)
 
 
 def upsampling(factor: int) -> TimeRule:
@@ -90,11 +121,24 @@ def chain(rules: list[TimeRule]) -> TimeRule:
         return PER_STEP
     rate = functools.reduce(lambda a, b: a * b, (r.rate for r in rules), Fraction(1))
 
-    def ready(counts: list[Any]) -> Any:
-        count = counts[0]
+    def ready_promised(counts: list[Any], promised: list[Any]) -> Any:
+        count, total = counts[0], promised[0]
         for rule in rules:
-            count = rule.ready([count])
+            count, total = promised_ready(rule, [count], [total])
         return count
+
+    def ready(counts: list[Any]) -> Any:
+        return ready_promised(counts, counts)
+
+    length: Optional[Callable[[list[Any]], Any]] = None
+    if all(r.length is not None for r in rules):
+
+        def length(totals: list[Any]) -> Any:
+            total = totals[0]
+            for rule in rules:
+                assert rule.length is not None
+                total = rule.length([total])
+            return total
 
     reads: Optional[Callable[[Any], tuple[Any, Any]]] = None
     if all(r.reads is not None for r in rules):
@@ -106,7 +150,7 @@ def chain(rules: list[TimeRule]) -> TimeRule:
                 low, high = rule.reads(low)[0], rule.reads(high)[1]
             return low, high
 
-    return TimeRule(rate, ready, reads)
+    return TimeRule(rate, ready, reads, length, ready_promised)
 
 
 def length_rule(length: Callable[[int], int]) -> TimeRule:
@@ -147,6 +191,7 @@ def stream_rule(stream: nn.Module) -> TimeRule:
             Fraction(1, stride),
             lambda counts: window_ready(counts[0], span, stride, left, head),
             lambda j: window_reads(j, span, stride, left),
+            _window_length(stream),
         )
     if isinstance(stream, ConvTranspose1dStream):
         span, stride, crop, extra = stream._span, stream._stride, stream._crop, stream._extra
@@ -154,23 +199,51 @@ def stream_rule(stream: nn.Module) -> TimeRule:
             Fraction(stride),
             lambda counts: transposed_ready(counts[0], span, stride, crop, extra),
             lambda j: transposed_reads(j, span, stride, crop),
+            lambda totals: transposed_length(totals[0], span, stride, crop, extra),
+            lambda counts, totals: transposed_ready(
+                counts[0], span, stride, crop, extra, totals[0]
+            ),
         )
     if isinstance(stream, Sequential1dStream):
         return chain([stream_rule(s) for s in stream.streams])
     if isinstance(stream, Residual1dStream):
         inner = stream_rule(stream.stream)  # output j adds input j + crop to inner output j
         crop, inner_reads = stream._crop_left, inner.reads
+        trim = stream._trim  # its promise; the inner layers get none (Residual1dStream.promise)
+
+        def length(totals: list[Any]) -> Any:
+            n = totals[0]
+            if isinstance(n, Tensor):
+                return (n - trim).clamp(min=0) * (n > 0)
+            return max(n - trim, 0) if n > 0 else 0
+
         if inner_reads is None:
-            return TimeRule(inner.rate, inner.ready, None)
+            return TimeRule(inner.rate, inner.ready, None, length)
 
         def reads(j: Any) -> tuple[Any, Any]:
             low, high = inner_reads(j)
             return _lower(low, j + crop), _upper(high, j + crop)
 
-        return TimeRule(inner.rate, inner.ready, reads)
+        return TimeRule(inner.rate, inner.ready, reads, length)
     if isinstance(stream, BaseStream) and not isinstance(stream, Elementwise1dStream):
         return length_rule(stream.output_length)
     return PER_STEP
+
+
+def _window_length(stream: Any) -> Callable[[list[Any]], Any]:
+    """The ``length`` of a window stream's rule: what its ``promise`` passes on."""
+    span, stride, left, right = stream._span, stream._stride, stream._left, stream._right
+    if stream._final_extra(1 << 20) == 0 and stream._final_extra((1 << 20) + 1) == 0:
+        return lambda totals: window_length(totals[0], span, stride, left, right)
+
+    def length(totals: list[Any]) -> Any:  # ceil_mode pools: PyTorch's formula, one by one
+        n = totals[0]
+        if isinstance(n, Tensor):
+            values = [stream.promise(int(v)) for v in n.reshape(-1).tolist()]
+            return torch.tensor(values, dtype=torch.int64).view(n.shape)
+        return stream.promise(int(n))
+
+    return length
 
 
 def _lower(a: Any, b: Any) -> Any:

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import Tensor
 
+from torchstreamer.plan.rules import promised_ready
+
 if TYPE_CHECKING:
     from torchstreamer.graph.stream import GraphStream
     from torchstreamer.plan.rules import TimeRule
@@ -84,9 +86,15 @@ class Timing:
 
     def _counts(self, horizon: int) -> dict[str, Tensor]:
         counts = {self._input: torch.arange(1, horizon + 1, dtype=torch.int64)}
+        promised = dict(counts)  # the samples each node is guaranteed to reach (rules.py)
         for name in self.nodes:
-            ready = self.rules[name].ready([counts[i] for i in self.inputs[name]])
+            ready, total = promised_ready(
+                self.rules[name],
+                [counts[i] for i in self.inputs[name]],
+                [promised[i] for i in self.inputs[name]],
+            )
             counts[name] = torch.as_tensor(ready, dtype=torch.int64).expand(horizon).clone()
+            promised[name] = torch.as_tensor(total, dtype=torch.int64).expand(horizon)
         return counts
 
     def _settled(self, counts: dict[str, Tensor], horizon: int) -> bool:

@@ -146,6 +146,7 @@ class Sequential1dStream(BaseStream):
     __jit_unused_properties__: ClassVar[list[str]] = ["engine"]
     _pending: Tensor
     _gate_next: list[int]
+    _stage_early: list[bool]
 
     def __init__(
         self,
@@ -188,6 +189,9 @@ class Sequential1dStream(BaseStream):
         self._seen = 0  # samples that the stages have taken
         # input channels of each stage in this signal; -1 while the stage has had no block
         self._stage_channels = [-1] * len(streams)
+        # stages that can return outputs on a promise alone (rules.TimeRule), without a block
+        self._stage_early = [_emits_on_promise(s) for s in streams]
+        self._promised = 0  # input samples the signal is guaranteed to reach (promise)
         # a call that completes no output only keeps its samples (in _pending, _waiting of
         # them), from the layers' time rules: when the next output comes (plan.Schedule)
         self._gate_next, self._gate_settled, self._gate_period, self._gate_wait = _gate(self)
@@ -210,6 +214,7 @@ class Sequential1dStream(BaseStream):
             self._check_end(total + x.shape[-1])
         if self._on_engine and not torch.jit.is_scripting():
             return self._engine_forward(x, final)
+        promised = max(self._promised, total + x.shape[-1])
         if self._gate_period > 0 and self._rank == 0:  # a new signal: size the kept samples
             xb = x if x.dim() == 3 else x.unsqueeze(0)
             self._pending = fit_buffer(self._pending, xb, xb.shape[1], self._gate_wait)
@@ -223,14 +228,16 @@ class Sequential1dStream(BaseStream):
             self._waiting = 0
         y: Optional[Tensor] = x
         # TorchScript unrolls this loop, so it cannot `break`: stages after one that gave
-        # nothing are skipped, except that final=True still flushes those that saw blocks
+        # nothing are skipped, except that final=True still flushes those that saw blocks, and
+        # a stage that returns outputs once more input is guaranteed (promise) is asked
         for i, stream in enumerate(self.streams):
+            promised = stream.promise(promised)  # type: ignore[operator]
             if y is not None:
                 self._stage_channels[i] = y.shape[-2]
                 y = stream(y, final)
                 if y is not None and y.shape[-1] == 0:  # (a registered stream may return one)
                     y = None
-            elif final and self._stage_channels[i] >= 0:
+            elif (final or self._stage_early[i]) and self._stage_channels[i] >= 0:
                 channels = self._stage_channels[i]
                 empty = (
                     x.new_zeros(x.shape[0], channels, 0)
@@ -467,12 +474,21 @@ class Sequential1dStream(BaseStream):
             )
 
     @torch.jit.export
+    def promise(self, n: int) -> int:
+        """Pass the promise on through the layers (see :meth:`BaseStream.promise`)."""
+        self._promised = n
+        for stream in self.streams:
+            n = stream.promise(n)  # type: ignore[operator]
+        return n
+
+    @torch.jit.export
     def reset(self) -> None:
         """Drop the signal in progress in every layer."""
         self._rank = 0
         self._batch = -1
         self._seen = 0
         self._waiting = 0
+        self._promised = 0
         for i, stream in enumerate(self.streams):
             stream.reset()  # type: ignore[operator]
             self._stage_channels[i] = -1
@@ -506,6 +522,19 @@ class Sequential1dStream(BaseStream):
         for stream in self.streams:
             n = stream.output_length(n)  # type: ignore[operator]
         return n
+
+
+def _emits_on_promise(stream: nn.Module) -> bool:
+    """Whether a stage can return outputs on a promise alone: a transposed convolution whose
+    last outputs exist only if more input comes (a stride longer than what the kernel and the
+    output padding cover past the crop), or a container of one."""
+    from torchstreamer.streams.conv import ConvTranspose1dStream
+
+    if isinstance(stream, ConvTranspose1dStream):
+        return stream._span + stream._extra - stream._crop < stream._stride
+    if isinstance(stream, Sequential1dStream):
+        return any(stream._stage_early)
+    return False
 
 
 def _gate(stream: Sequential1dStream) -> tuple[list[int], int, int, int]:
@@ -674,6 +703,12 @@ class Residual1dStream(BaseStream):
         inner_batch = state.get("stream._batch")
         if inner_batch is not None and rank == 3 and int(inner_batch.item()) != batch:
             raise refuse(f"'stream._batch' is {int(inner_batch.item())} but '_batch' is {batch}")
+
+    @torch.jit.export
+    def promise(self, n: int) -> int:
+        """The inner network shortens every signal by the same trim; its own layers get no
+        promise (their outputs must not come before the samples added to them)."""
+        return max(n - self._trim, 0) if n > 0 else 0
 
     @torch.jit.export
     def reset(self) -> None:

@@ -179,7 +179,7 @@ class ConvTranspose1dStream(LeafStream):
 
     _state_tensors = ("_carry",)
     _carry: Tensor
-    _state_ints = ("_rank", "_batch", "_channels", "_fill", "_seen", "_emitted")
+    _state_ints = ("_rank", "_batch", "_channels", "_fill", "_seen", "_emitted", "_promised")
 
     def __init__(self, conv: nn.ConvTranspose1d, padding: str = "valid", *, path: str = "") -> None:
         _check_module(conv, nn.ConvTranspose1d, path)
@@ -208,6 +208,7 @@ class ConvTranspose1dStream(LeafStream):
         self._fill = 0
         self._seen = 0
         self._emitted = 0
+        self._promised = 0  # input samples that the signal is guaranteed to reach (promise)
 
     def extra_repr(self) -> str:
         return f"padding={self.padding!r}"
@@ -221,6 +222,15 @@ class ConvTranspose1dStream(LeafStream):
 
     @torch.jit.unused
     def output_length(self, n: int) -> int:
+        return transposed_output_length(
+            n, self._kernel, self._stride, self._crop, self._extra, self._dilation
+        )
+
+    @torch.jit.export
+    def promise(self, n: int) -> int:
+        """Note that the input reaches ``n`` samples: the outputs that exist for such a signal
+        come as soon as they are complete (gaps, outputs the padding crops at the end)."""
+        self._promised = n
         return transposed_output_length(
             n, self._kernel, self._stride, self._crop, self._extra, self._dilation
         )
@@ -240,30 +250,34 @@ class ConvTranspose1dStream(LeafStream):
     def _expected_counters(self, state: dict[str, Tensor]) -> dict[str, int]:
         """Every counter follows from the number of samples seen: the stream keeps the last
         inputs and returns each output as soon as no later input can reach it."""
-        seen = state_int(state, "_seen")
+        seen, promised = state_int(state, "_seen"), state_int(state, "_promised")
         if state_int(state, "_rank") == 0:
-            return {"_fill": 0, "_seen": 0, "_emitted": 0}
-        if seen < 0:
+            return {"_fill": 0, "_seen": 0, "_emitted": 0, "_promised": promised}
+        if seen < 0 or promised < 0:
             raise StreamError(
-                f"The state does not fit {self._label}: '_seen' is {seen} but a number of "
-                "samples is at least 0; restore a state that get_state() returned for a stream "
-                "of the same model."
+                f"The state does not fit {self._label}: '_seen' is {seen} and '_promised' is "
+                f"{promised} but numbers of samples are at least 0; restore a state that "
+                "get_state() returned for a stream of the same model."
             )
-        end = self._ready_end(seen)
+        end = self._ready_end(seen, promised)
         emitted = end if end > self._crop else 0
-        fill = (seen - 1) * self._stride + self._span - emitted if seen > 0 else 0
-        return {"_fill": fill, "_seen": seen, "_emitted": emitted}
+        fill = max((seen - 1) * self._stride + self._span - emitted, 0) if seen > 0 else 0
+        return {"_fill": fill, "_seen": seen, "_emitted": emitted, "_promised": promised}
 
     def _reset_state(self) -> None:
         self._fill = 0
         self._seen = 0
         self._emitted = 0
+        self._promised = 0
 
-    def _ready_end(self, n: int) -> int:
+    def _ready_end(self, n: int, promised: int) -> int:
         """End (exclusive, in unpadded output positions) of the outputs that ``n`` inputs
-        complete while the signal goes on. :func:`torchstreamer.time.transposed_ready` is the
-        definition; this is its scriptable form for one count (the plan tests hold them equal)."""
-        return max(self._crop, min(n * self._stride, self._full_end(n))) if n > 0 else self._crop
+        complete while the signal goes on and is guaranteed to reach ``promised`` inputs.
+        :func:`torchstreamer.time.transposed_ready` is the definition; this is its scriptable
+        form for one count (the plan tests hold them equal)."""
+        if n <= 0:
+            return self._crop
+        return max(self._crop, min(n * self._stride, self._full_end(max(n, promised))))
 
     def _full_end(self, n: int) -> int:
         """End (exclusive, in unpadded output positions) of the outputs of an n-sample signal."""
@@ -295,7 +309,7 @@ class ConvTranspose1dStream(LeafStream):
                 sums = z
         else:
             sums = self._carry[:, :, : self._fill]
-        end = self._full_end(total) if final else self._ready_end(total)
+        end = self._full_end(total) if final else self._ready_end(total, self._promised)
         start = max(first, self._crop)
         y: Optional[Tensor] = None
         if end > start:

@@ -102,6 +102,14 @@ class WindowStream(LeafStream):
             return self._pending
         return None
 
+    @torch.jit.export
+    def promise(self, n: int) -> int:
+        """The windows of a whole signal of ``n`` samples, padding included."""
+        if n <= 0:
+            return 0
+        padded = n + self._left + self._right + self._final_extra(n)
+        return valid_output_length(padded, self._span, self._stride)
+
     # -- state checks (set_state) ---------------------------------------------------------
 
     @torch.jit.unused

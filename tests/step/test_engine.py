@@ -386,3 +386,22 @@ def test_the_build_check_ends_signals_of_other_lengths_too(monkeypatch: pytest.M
     assert 3 in ended
     assert built is None
     assert "did not reproduce" in reason
+
+
+def test_a_transposed_convolution_after_a_lagging_window_needs_no_start_entry() -> None:
+    """A centred window lags its input, so the frames give a transposed convolution values
+    from before the signal, which reach its first outputs. Zeroed, they add nothing, as inputs
+    that do not exist add nothing offline: the frames are exact from the first output on and
+    the stream never runs the model offline at the start (DAC's decoder has this shape)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv1d(2, 3, 7, padding=3), nn.ELU(), nn.ConvTranspose1d(3, 2, 8, stride=4, padding=2),
+        nn.Conv1d(2, 1, 7, padding=3),
+    ).eval()  # fmt: skip
+    stream = pts.stream(model, torch.randn(1, 2, 32))
+    assert stream.engine.startswith("frames of"), stream.engine
+    assert stream._engine._dirty == [0]
+    for length, sizes in ((40, [1, 0, 3, 1, 7]), (23, [5, 1, 0, 16])):
+        x = torch.randn(1, 2, length)
+        with torch.no_grad():
+            assert_matches(run_stream(stream, x, split_lengths(length, sizes)), model(x))

@@ -338,20 +338,41 @@ class _FrameBuilder(_Builder):
             )
         return int(count)
 
+    def lateness(self, output: fx.Node) -> Tensor:
+        """For each of ``output``'s values in the plan's horizon, the input samples by which
+        the frame that computes it ends after the block-by-block stream returns it."""
+        arrivals = self.source.timing.arrivals(output.name)
+        positions = torch.arange(arrivals.numel()) - self.offset[output.name]
+        ends = self.frame * (positions // self.per_frame(output) + 1) - self.phase
+        return ends - arrivals
+
     def held_back(self) -> int:
         """The most input samples by which a frame holds an output back: an output sample that
         the block-by-block stream returns before the frame that completes it ends."""
         held = 0
         for output in self.source._outputs:
+            if not self.per_frame(output):
+                continue
+            late = self.lateness(output)[self.dirty.get(output.name, 0) :]  # the rest: offline
+            held = max(held, int(late.max()) if late.numel() else 0)
+        return held
+
+    def cover_late_start(self) -> None:
+        """With lookahead, the values that the frames would return late only at the start of
+        the signal (a frame phase that suits the steady state, where the first outputs come
+        sooner) count as ``dirty``: the stream's start entry returns them, in time."""
+        timing = self.source.timing
+        for output in self.source._outputs:
             count = self.per_frame(output)
             if not count:
                 continue
-            arrivals = self.source.timing.arrivals(output.name)
-            positions = torch.arange(arrivals.numel()) - self.offset[output.name]
-            ends = self.frame * (positions // count + 1) - self.phase
-            late = (ends - arrivals)[self.dirty.get(output.name, 0) :]  # the rest: offline
-            held = max(held, int(late.max()) if late.numel() else 0)
-        return held
+            late = (self.lateness(output) > 0).nonzero()
+            if late.numel() == 0:
+                continue
+            last = int(late[-1]) + 1
+            steady = 2 * max(count, int(timing.rates[output.name] * timing.period))
+            if last + steady <= self.lateness(output).numel():  # none late in steady state
+                self.dirty[output.name] = max(self.dirty.get(output.name, 0), last)
 
     def drops_partial_frames(self) -> bool:
         """Whether the offline model returns nothing for the samples after the last whole frame
@@ -416,6 +437,8 @@ class _FrameBuilder(_Builder):
                 self.graph.erase_node(unused)
         shape = list(self.values[source._input.name].shape)  # the example's, batch included
         shape[source._axis] = self.frame
+        if self.lookahead:
+            self.cover_late_start()
         return StepGraph(
             self.graph, self.root, self.states, len(outputs), axes, shape,
             frame=self.frame, held_back=self.held_back(),
@@ -693,6 +716,14 @@ class _FrameBuilder(_Builder):
         groups = module.groups
         self.frame_window(node, source, kernel, stride, dilation, pad, offset, "conv", w, b, groups)
 
+    def zero_lagging(self, node: fx.Node, x: fx.Node, offset: int) -> fx.Node:
+        """``x`` (the input of ``node``, ``-offset`` of whose first values come from before the
+        signal) with those values set to zero as the frames reach them."""
+        skip = self.state(node, "lag", torch.tensor(-offset))
+        zeroed = self.call(lagging_values, x, skip, -1)
+        self.update(skip, self.call(operator.getitem, zeroed, 1))
+        return self.call(operator.getitem, zeroed, 0)
+
     def held_window(
         self, node: fx.Node, source: fx.Node, offset: int, keep: int, x: Optional[fx.Node] = None
     ) -> fx.Node:
@@ -751,10 +782,7 @@ class _FrameBuilder(_Builder):
         zeros_before = source.name == self.source._input.name  # (a phase's zeros: padding)
         if offset < 0 and pad and not zeros_before and not dirty and kind == "conv":
             # a lagging input's values from before the signal, zeroed, are the zero padding
-            skip = self.state(node, "lag", torch.tensor(-offset))
-            zeroed = self.call(lagging_values, x, skip, -1)
-            x = self.call(operator.getitem, zeroed, 0)
-            self.update(skip, self.call(operator.getitem, zeroed, 1))
+            x = self.zero_lagging(node, x, offset)
             zeros_before = True
         if dirty or (offset < 0 and pad and not zeros_before):  # reads wrong values
             self.dirty[node.name] = max(0, -(-(dirty + pad) // stride))
@@ -840,7 +868,12 @@ class _FrameBuilder(_Builder):
         dilation, pad = int(module.dilation[0]), int(module.padding[0])
         span = dilation * (kernel - 1) + 1
         dirty = self.dirty.get(source.name, 0)
-        if dirty or (offset < 0 and span > stride):  # inputs from before the signal reach outputs
+        x = self.env[source.name]
+        if offset < 0 and span > stride and not dirty:
+            # a lagging input's values from before the signal reach outputs of the signal:
+            # zeroed, they add nothing, as inputs that do not exist add nothing offline
+            x = self.zero_lagging(node, x, offset)
+        elif dirty or (offset < 0 and span > stride):  # wrong inputs reach outputs
             self.dirty[node.name] = max(0, (dirty - 1) * stride + span - pad)
         out_offset = stride * offset - pad
         if out_offset < 0 and not self.lookahead:
@@ -852,7 +885,6 @@ class _FrameBuilder(_Builder):
             )
         self.offset[node.name] = out_offset
         keep = (span - 1) // stride
-        x = self.env[source.name]
         groups = module.groups
         if dilation == 1 and kernel == stride and groups == 1:  # no overlap, no state
             # time-major: input i gives rows i * K + m, column o; columns ordered (m, o)
@@ -877,7 +909,7 @@ class _FrameBuilder(_Builder):
             y = self.call(overlap_product, rows, self.constant(matrix), offsets, out_channels)
             self.env[node.name] = self.swap(y)
             return
-        window = self.held_window(node, source, offset, keep) if keep > 0 else x
+        window = self.held_window(node, source, offset, keep, x) if keep > 0 else x
         padding_out = max(0, stride - span)
         b = self.constant(bias) if bias is not None else None
         y = self.call(

@@ -3,6 +3,8 @@ nothing, for random networks, both padding modes and random blocks (0 and 1 incl
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -125,9 +127,24 @@ def test_the_layers_return_every_output_with_the_call_that_guarantees_it(
     assert counts[:-1] == plan_counts(layers, lengths)
     assert counts == per_call(every, x, lengths)[0]
     if engine.engine != "layers":
-        assert counts == per_call(engine, x, lengths)[0]
+        on_engine = per_call(engine, x, lengths)[0]
+        if padding == "valid" or not any(_reflects(m) for m in net.modules()):
+            assert counts == on_engine
+        else:  # a reflection needs more samples than it pads, so a valid signal is longer than
+            # some layers' lengths say: the engine, which knows the model's length, may return
+            # what that guarantees sooner (a gap before a reflection), never later
+            assert all(
+                a <= b
+                for a, b in zip(itertools.accumulate(counts), itertools.accumulate(on_engine))
+            )
     if expected is not None:
         assert_matches(y, expected)
+
+
+def _reflects(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.ReflectionPad1d) or getattr(module, "padding_mode", "") == "reflect"
+    )
 
 
 def test_scripted_layers_return_gaps_and_cropped_outputs_as_soon_as_they_are_guaranteed() -> None:

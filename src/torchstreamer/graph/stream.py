@@ -199,7 +199,10 @@ class GraphStream(BaseStream):
         """Stream one block; return the outputs it completes (a tuple for several outputs), or
         ``None`` when it completes none. ``final=True`` ends the signal."""
         self._check_block(x)
-        if self._uses_engine():
+        engine = self._modules.get("_engine")  # (the hot path: no nn.Module attribute lookup)
+        if engine is not None and self._engine_on and self._record is None:
+            if self._batch >= 0 and not final:  # a signal in progress: its rows fit the engine
+                return engine.run(x, False, self)  # type: ignore[operator]
             return self._engine_forward(x, final)
         length = x.shape[self._axis]
         if not final and self._waits(length):

@@ -266,7 +266,8 @@ class FrameEngine(BaseStream):
         length = x.shape[axis]
         seen = self._seen + length
         if self._steady and not final:  # past the start entry: the frames' outputs as they come
-            framed = self.frames._stream(x, False)
+            frames: Any = self._modules["frames"]  # (no nn.Module attribute lookup: hot path)
+            framed = frames._stream(x, False)
             if self._size:
                 self._remember(x)
             self._seen = seen

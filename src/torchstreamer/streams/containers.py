@@ -1,7 +1,7 @@
 """Streams of containers: ``nn.Sequential`` and ``Residual1d``."""
 
 import copy
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
@@ -203,17 +203,10 @@ class Sequential1dStream(BaseStream):
             self._attach_engine()
 
     def forward(self, x: Tensor, final: bool = False) -> Optional[Tensor]:
-        check_block(self._label, x, self._in_channels, self._reference(), self._rank, self._batch)
-        if self._batched_only and x.dim() == 2:
-            raise StreamInputError(
-                f"{self._label} contains a softmax over dim=1, which is time for an unbatched "
-                "[C, T] block; stream [B, C, T] blocks or use dim=-2."
-            )
-        total = self._seen + self._waiting
-        if final and not torch.jit.is_scripting():
-            self._check_end(total + x.shape[-1])
         if self._on_engine and not torch.jit.is_scripting():
             return self._engine_forward(x, final)
+        self._check(x, final)
+        total = self._seen + self._waiting
         promised = max(self._promised, total + x.shape[-1])
         if self._gate_period > 0 and self._rank == 0:  # a new signal: size the kept samples
             xb = x if x.dim() == 3 else x.unsqueeze(0)
@@ -276,11 +269,47 @@ class Sequential1dStream(BaseStream):
         model the engine does not run, a nested container, and the scripted form)."""
         return self._engine.engine if self._on_engine else "layers"
 
+    def _check(self, x: Tensor, final: bool) -> None:
+        """Raise :class:`StreamInputError` before any state changes unless ``x`` fits."""
+        check_block(self._label, x, self._in_channels, self._reference(), self._rank, self._batch)
+        if self._batched_only and x.dim() == 2:
+            raise StreamInputError(
+                f"{self._label} contains a softmax over dim=1, which is time for an unbatched "
+                "[C, T] block; stream [B, C, T] blocks or use dim=-2."
+            )
+        if final and not torch.jit.is_scripting():
+            self._check_end(self._seen + self._waiting + x.shape[-1])
+
+    @torch.jit.unused
+    def _fits(self, x: Tensor) -> bool:
+        """The common case of :meth:`_check` on the engine, checked fast: a float block with
+        the channels, dtype and device of the network, and the rank and batch of the signal in
+        progress."""
+        rank, reference = x.dim(), self._engine._weight
+        return (
+            (rank == 3 or rank == 2)
+            and x.shape[-2] == self._in_channels
+            and x.is_floating_point()
+            and (reference is None or (x.dtype == reference.dtype and x.device == reference.device))
+            and (
+                self._rank == 0 or (rank == self._rank and (rank == 2 or x.shape[0] == self._batch))
+            )
+            and not (self._batched_only and rank == 2)
+        )
+
     @torch.jit.unused
     def _engine_forward(self, x: Tensor, final: bool) -> Optional[Tensor]:
+        if final or not self._fits(x):  # (the end of a signal is checked in full)
+            self._check(x, final)
         batched = x.dim() == 3
-        # the block is checked (forward): the graph stream's own check would repeat it
-        y = self._engine._engine_forward(x if batched else x.unsqueeze(0), final)
+        # the block is checked: the graph stream's own check would repeat it
+        graph: Any = self._modules["_engine"]
+        engine: Any = graph._modules.get("_engine")
+        xb = x if batched else x.unsqueeze(0)
+        if engine is not None and graph._batch >= 0 and not final:  # (GraphStream.forward)
+            y = engine.run(xb, False, graph)
+        else:
+            y = graph._engine_forward(xb, final)
         assert not isinstance(y, tuple)  # a Sequential returns one tensor
         if final:
             self.reset()

@@ -405,3 +405,90 @@ def test_a_transposed_convolution_after_a_lagging_window_needs_no_start_entry() 
         x = torch.randn(1, 2, length)
         with torch.no_grad():
             assert_matches(run_stream(stream, x, split_lengths(length, sizes)), model(x))
+
+
+class _TwoRates(nn.Module):
+    """Two outputs, one cropped at both ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv1d(2, 3, 3, padding=1), nn.Conv1d(2, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.a(x), self.b(x)[..., 1:-1]
+
+
+class _CroppedUpsampler(nn.Module):
+    """A transposed convolution's output, cropped at both ends by fixed amounts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 3, 3, padding=1)
+        self.up = nn.ConvTranspose1d(3, 2, 4, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.conv(x))[..., 1:-2]
+
+
+_END_CROPS = {
+    "two_outputs": _TwoRates,
+    "cropped_upsampler": _CroppedUpsampler,
+    "gaps": lambda: nn.Sequential(nn.Conv1d(2, 2, 1), nn.ConvTranspose1d(2, 2, 1, stride=2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_END_CROPS))
+@fewer(25)
+@given(lengths=st.lists(st.integers(0, 5), min_size=1, max_size=25))
+def test_values_that_exist_only_if_the_signal_goes_on_wait_on_the_engine(
+    name: str, lengths: list[int]
+) -> None:
+    """A crop at the end (or a transposed convolution's gap) makes the frames compute values
+    that the model returns only if more input comes: the engine runs such models, returns
+    each of those values as soon as more input guarantees it, and never one that may not
+    exist; exact for blocks of every size, 0 and 1 included."""
+    torch.manual_seed(0)
+    model = _END_CROPS[name]().eval()
+    stream = pts.stream(model, torch.randn(1, 2, 32))
+    assert stream.engine.startswith("frames of"), stream.engine
+    x = torch.randn(1, 2, sum(lengths) + 6)
+    lengths = [*lengths, 6]
+    with torch.no_grad():
+        expected = model(x)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        outputs: list[list[torch.Tensor]] = [[] for _ in expected]
+        seen = 0
+        for index, length in enumerate(lengths):
+            final = index == len(lengths) - 1
+            y = stream(x[..., seen : seen + length], final=final)
+            seen += length
+            for parts, value in zip(outputs, y if isinstance(y, tuple) else (y,)):
+                if value is not None and value.shape[-1]:
+                    parts.append(value)
+            if final:
+                break
+            ending = model(x[..., :seen]) if seen >= 4 else None  # the signal ending here
+            short = ending if isinstance(ending, tuple) else (ending,)
+            for k, (parts, output) in enumerate(zip(outputs, stream._outputs)):
+                returned = sum(p.shape[-1] for p in parts)
+                if ending is not None:  # never a value that a signal ending here lacks
+                    assert returned <= short[k].shape[-1]
+                assert returned >= stream.timing.count_at(output.name, seen)  # never late
+        for parts, offline in zip(outputs, expected):
+            assert_matches(torch.cat(parts, -1), offline)
+
+
+def test_an_exported_program_that_guards_a_minimum_length_runs_on_the_engine() -> None:
+    """``torch.export``'s module asserts the length range it was exported for (T >= 8 here):
+    the end entry keeps enough samples to run it, so the frames stream it, exactly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 2, 3, padding=2), nn.Tanh()).eval()
+    example = torch.randn(1, 1, 64)
+    program = torch.export.export(
+        model, (example,), dynamic_shapes=({2: torch.export.Dim("T", min=8)},)
+    )
+    stream = pts.stream(program.module(), example)
+    assert stream.engine.startswith("frames of"), stream.engine
+    x = torch.randn(1, 1, 30)
+    with torch.no_grad():
+        assert_matches(run_stream(stream, x, split_lengths(30, [1, 0, 5, 2])), model(x))

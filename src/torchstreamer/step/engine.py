@@ -130,7 +130,12 @@ class FrameEngine(BaseStream):
         self._dirty = list(step.dirty)
         self._axes = list(step.output_axes)
         symbol = next(iter(time_length(source._input).free_symbols))
-        self._lengths = [_length_function(time_length(o), symbol) for o in source._outputs]
+        # a crop at the end (the model returns fewer values than the frames compute): the
+        # frames' last values wait until more input guarantees them (see _settled)
+        self._crops_end = bool(step.crops_end)
+        self._lengths = [
+            _length_function(time_length(o), symbol, self._crops_end) for o in source._outputs
+        ]
         self._names = [o.name for o in source._outputs]
         self._counts = [Fraction(source._rate_of(o)) * self._frame for o in source._outputs]
         needs_end = not step.drops_partial_frames
@@ -186,7 +191,8 @@ class FrameEngine(BaseStream):
             history = max(history, int(arrivals[min(dirty, arrivals.numel()) - 1]) + self._frame)
         self._seeded = 0
         self._steady = False  # see _settled
-        self._size = history
+        self._size = self._runnable_history(source, step, history)
+        history = self._size
         shape = list(step._input_shape)
         shape[self._axis] = history
         buffer = torch.zeros(shape, dtype=step._dtype or torch.float32, device=step._device)
@@ -196,6 +202,26 @@ class FrameEngine(BaseStream):
         self._from_frames = [0] * len(self._names)
         for i in range(len(self._names)):  # (see run: frame outputs that wait for the start's)
             self.register_buffer(f"_waiting_{i}", buffer.new_zeros(0), persistent=False)
+
+    def _runnable_history(self, source: GraphStream, step: Any, history: int) -> int:
+        """``history``, or more where the model refuses the end entry's shortest window (a
+        period less): an exported program guards a minimum length, say. Up to the example's
+        length, which the model takes."""
+        if history == 0:
+            return 0
+        shape = list(step._input_shape)
+        candidate = history
+        while candidate < self._example_length + self._period:
+            probe = max(1, candidate - self._period + 1)
+            probe += (self._head_residue - probe) % self._head_period  # a length it may take
+            shape[self._axis] = probe
+            try:
+                with torch.no_grad():
+                    source.model(torch.zeros(shape, dtype=step._dtype, device=step._device))
+                return candidate
+            except Exception:  # (whatever the model raises for a length it refuses)
+                candidate *= 2
+        return self._example_length + self._period
 
     @property
     def _phase(self) -> int:
@@ -305,6 +331,8 @@ class FrameEngine(BaseStream):
                 ready = count if count < dirty else max(count, after)
             else:
                 ready = after
+            if not final and self._crops_end:  # frame values that exist only if more comes
+                ready = min(ready, self._lengths[i](seen))
             pieces: list[Tensor] = []
             j = emitted
             while j < ready:
@@ -363,7 +391,7 @@ class FrameEngine(BaseStream):
         """Whether the start entry is done: every output the frames get wrong given, no frame
         output waiting, every recurrent layer seeded. From then on, until ``final``, a call
         returns what the frames return."""
-        if self._seeds and not self._seeded:
+        if (self._seeds and not self._seeded) or self._crops_end:  # (a crop: every call caps)
             return False
         if any(e < d or e != f for e, d, f in zip(self._emitted, self._dirty, self._from_frames)):
             return False
@@ -651,6 +679,25 @@ def _carried_forward(
     return forward
 
 
-def _length_function(length: Any, symbol: Any) -> Callable[[int], int]:
-    """The output length for ``n`` input samples (asked once per signal, at its end)."""
-    return lambda n: max(0, int(length.subs(symbol, n)))
+def _length_function(length: Any, symbol: Any, often: bool = False) -> Callable[[int], int]:
+    """The output length for ``n`` input samples. Asked once per signal, at its end; ``often``
+    (on every call): compiled to plain arithmetic, when that gives the same lengths."""
+
+    def exact(n: int) -> int:
+        return max(0, int(length.subs(symbol, n)))
+
+    if not often:
+        return exact
+    import sympy
+
+    compiled = sympy.lambdify(symbol, length, modules="math")
+
+    def fast(n: int) -> int:
+        return max(0, int(compiled(n)))
+
+    try:
+        if all(fast(n) == exact(n) for n in [*range(64), 1000, 4099, 65537, 1 << 20]):
+            return fast
+    except (TypeError, ValueError, NameError, AttributeError):
+        pass
+    return exact

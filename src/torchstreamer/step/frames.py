@@ -319,6 +319,7 @@ class _FrameBuilder(_Builder):
         # read values from before the signal where padding should be); the stream computes
         # those outputs offline from the first samples instead (GraphStream's start entry)
         self.dirty: dict[str, int] = {}
+        self.crops_end = False  # the model returns fewer values than the frames compute
         # per recurrent node: the names of its states that the end entry carries on
         self.carried: dict[str, dict[str, str]] = {}
 
@@ -410,13 +411,7 @@ class _FrameBuilder(_Builder):
                 )
             length = int(time_length(output).subs(self.symbol, 4 * self.frame - self.phase))
             if self.lookahead and length < 4 * count + offset:
-                raise refuse(
-                    output,
-                    f"for 4 frames of {self.frame} samples the model returns {length} samples, "
-                    f"fewer than the {4 * count + offset} that the frames compute (a crop at the "
-                    "end that depends on the signal's length)",
-                    _STREAM_REMEDY,
-                )
+                self.crops_end = True  # (the stream returns those values once more comes)
             if length != 4 * count + offset and not self.lookahead:
                 raise refuse(
                     output,
@@ -445,6 +440,7 @@ class _FrameBuilder(_Builder):
             drops_partial_frames=self.drops_partial_frames(),
             skips=[-self.offset[o.name] for o in source._outputs], phase=self.phase,
             dirty=[self.dirty.get(o.name, 0) for o in source._outputs], carried=self.carried,
+            crops_end=self.crops_end,
         )  # fmt: skip
 
     def frame_node(self, node: fx.Node) -> None:
@@ -567,7 +563,7 @@ class _FrameBuilder(_Builder):
             self.clean(node, source, offset, "sums from the start of the signal")
             self.running_sum(node, source, offset)
         elif isinstance(handler, Reshape):
-            sizes = node.meta["val"].shape  # (int() of the time length would fix it)
+            sizes = self.values[node.name].shape  # (the builder's example: its batch size)
             shape = [-1 if i == handler.axis else int(size) for i, size in enumerate(sizes)]
             self.env[node.name] = self.method("reshape", self.env[source.name], shape)
         elif isinstance(handler, Interleave):  # each value gives `factor` whole values

@@ -106,6 +106,7 @@ class StepGraph:
     input_shape: list[int]  # of x_t
     frame: Optional[int] = None  # input samples per call; None: one, without a time axis
     held_back: int = 0  # input samples by which a frame may hold an output back
+    crops_end: bool = False  # the model returns fewer values than the frames (lookahead only)
     drops_partial_frames: bool = True  # whether the model drops samples after the last frame
     # per output: values from before the signal that come first (a lagging frame graph)
     skips: list[int] = field(default_factory=list)

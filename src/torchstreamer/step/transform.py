@@ -78,6 +78,7 @@ class StepModel(nn.Module):
         self.frame: Optional[int] = step.frame
         self.held_back = step.held_back
         self.drops_partial_frames = step.drops_partial_frames
+        self.crops_end = step.crops_end
         # per output: how many values from before the signal come first (a lagging frame model,
         # built for torchstreamer.stream; StepStream drops them)
         self.skips: tuple[int, ...] = tuple(step.skips) or (0,) * step.outputs

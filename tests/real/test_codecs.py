@@ -118,6 +118,9 @@ def _patterns(case: Case) -> dict[str, list[int]]:
 def test_the_model_streams_exactly_as_shipped(name: str) -> None:
     case = CASES[name]
     model, stream = built(name)
+    # every one runs on the frame engine (the interpreter would be exact too, and slow: a
+    # regression that sends a model there must fail here, not hide)
+    assert stream.engine.startswith("frames of"), stream.engine
     x = _signal(case)
     with torch.no_grad():
         expected = model(x)

@@ -15,6 +15,7 @@ from torch import nn
 
 import torchstreamer as pts
 from tests.conftest import assert_matches, block_sizes, fewer, run_stream, split_lengths
+from torchstreamer.examples import EXAMPLES, load_example
 from torchstreamer.examples import models as examples
 
 
@@ -492,3 +493,16 @@ def test_an_exported_program_that_guards_a_minimum_length_runs_on_the_engine() -
     x = torch.randn(1, 1, 30)
     with torch.no_grad():
         assert_matches(run_stream(stream, x, split_lengths(30, [1, 0, 5, 2])), model(x))
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_every_built_in_example_runs_on_the_engine(name: str) -> None:
+    """The benchmark's workloads (and the CLI's examples) stream on the frame engine, as a graph
+    stream and, for the networks, as a Sequential1dStream: a change that sends one to the
+    interpreter (exact, and slow) fails here instead of in the benchmark's figures."""
+    example = load_example(name)
+    x = example.input(2048 if name == "filterbank" else 64)  # (its windows span 320)
+    assert pts.stream(example.model, x).engine.startswith("frames of")
+    if isinstance(example.model, nn.Sequential):
+        stream = pts.Sequential1dStream(example.model, padding="model")
+        assert stream.engine.startswith("frames of"), stream.engine

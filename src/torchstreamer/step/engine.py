@@ -210,8 +210,8 @@ class FrameEngine(BaseStream):
         if history == 0:
             return 0
         shape = list(step._input_shape)
-        candidate = history
-        while candidate < self._example_length + self._period:
+        candidate, limit = history, self._example_length + self._period
+        while candidate < limit:
             probe = max(1, candidate - self._period + 1)
             probe += (self._head_residue - probe) % self._head_period  # a length it may take
             shape[self._axis] = probe
@@ -221,7 +221,7 @@ class FrameEngine(BaseStream):
                 return candidate
             except Exception:  # (whatever the model raises for a length it refuses)
                 candidate *= 2
-        return self._example_length + self._period
+        return max(history, limit)
 
     @property
     def _phase(self) -> int:

@@ -1,5 +1,7 @@
-"""Sequential1dStream's schedule: a call that runs no layer is one that would have returned
-nothing, for random networks, both padding modes and random blocks (0 and 1 included)."""
+"""Sequential1dStream's schedule and promises: one stream per layer returns each output with
+the call the plan says (a call that runs no layer is one that would have returned nothing), as
+the frame engine does, for random networks, both padding modes and random blocks (0 and 1
+included)."""
 
 from __future__ import annotations
 
@@ -54,34 +56,6 @@ def per_call(stream: pts.Sequential1dStream, x: torch.Tensor, lengths: list[int]
     return counts, (torch.cat(outputs, -1) if outputs else None)
 
 
-@fewer(60)
-@given(
-    net=networks(),
-    padding=st.sampled_from(["valid", "model"]),
-    lengths=st.lists(st.integers(0, 7), min_size=2, max_size=30),
-)
-def test_the_schedule_holds_back_no_output(
-    net: nn.Sequential, padding: str, lengths: list[int]
-) -> None:
-    x = torch.randn(1, 1, sum(lengths) + 24)
-    lengths = [*lengths, 24]  # the last block ends the signal
-    try:
-        with torch.no_grad():
-            expected = net(x) if padding == "model" else None
-        gated = pts.Sequential1dStream(net, padding)
-    except (RuntimeError, pts.NotStreamableError):  # a net too short for its padding, say
-        return
-    every = pts.Sequential1dStream(net, padding)
-    every._gate_period = 0  # every call runs every layer
-    try:
-        counts, y = per_call(gated, x, lengths)
-    except pts.StreamInputError:  # a signal too short to reflect: refused alike
-        return
-    assert (counts, y is None) == (per_call(every, x, lengths)[0], y is None)
-    if expected is not None:
-        assert_matches(y, expected)
-
-
 def plan_counts(stream: pts.Sequential1dStream, lengths: list[int]) -> list[int]:
     """What the plan says each call returns (the last call ends the signal: not compared)."""
     from torchstreamer.plan.rules import stream_rule
@@ -106,8 +80,9 @@ def plan_counts(stream: pts.Sequential1dStream, lengths: list[int]) -> list[int]
 def test_the_layers_return_every_output_with_the_call_that_guarantees_it(
     net: nn.Sequential, padding: str, lengths: list[int]
 ) -> None:
-    """One stream per layer returns each output with the same call as the plan says and as
-    the frame engine does: a transposed convolution's gaps and the outputs its padding crops
+    """One stream per layer returns each output with the same call as the plan says, with and
+    without the schedule (a call that runs no layer is one that would have returned nothing),
+    and as the frame engine does: a transposed convolution's gaps and the outputs its padding crops
     come as soon as an earlier layer guarantees more input (promise), not a call later."""
     x = torch.randn(1, 1, sum(lengths) + 24)
     lengths = [*lengths, 24]

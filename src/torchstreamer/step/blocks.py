@@ -136,16 +136,18 @@ class StepStream(BaseStream):
             return None
         results: list[Outputs] = []
         start = 0
+        completed = False  # the pending frame is whole
         if filled or length < frame:
             start = min(frame - filled, length)
             pending.narrow(axis, filled, start).copy_(x.narrow(axis, 0, start))
-            if filled + start == frame:
-                results.append(self._run(pending))
-                filled = 0
-            else:
-                filled += start
+            completed = filled + start == frame
+            filled = 0 if completed else filled + start
         whole = (length - start) // frame * frame
-        if whole:
+        if completed and whole:  # one step over all the frames: each op runs once per call
+            results.append(self._run(torch.cat([pending, x.narrow(axis, start, whole)], axis)))
+        elif completed:
+            results.append(self._run(pending))
+        elif whole:
             results.append(self._run(x.narrow(axis, start, whole)))
         rest = length - start - whole
         if rest:

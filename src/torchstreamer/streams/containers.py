@@ -211,7 +211,9 @@ class Sequential1dStream(BaseStream):
         if self._gate_period > 0 and self._rank == 0:  # a new signal: size the kept samples
             xb = x if x.dim() == 3 else x.unsqueeze(0)
             self._pending = fit_buffer(self._pending, xb, xb.shape[1], self._gate_wait)
-        gated = not final and self._gate_period > 0
+        # (the schedule counts this container's own samples: a promise from outside, which a
+        # nested container gets, may complete more, so then every call runs the layers)
+        gated = not final and self._gate_period > 0 and promised == total + x.shape[-1]
         if gated and total + x.shape[-1] < self._next_return(total):
             self._keep(x)
             return None

@@ -26,7 +26,7 @@ import copy
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from torchstreamer.base import BaseStream
 
@@ -108,7 +108,34 @@ def engine_for(stream: BaseStream, channels: int) -> Optional[GraphStream]:
         graph = GraphStream(offline, example)
     except Exception:  # the layer streams stream it as before
         return None
-    return graph if graph._engine is not None else None
+    if graph._engine is None or not _keeps_up(stream, graph, example):
+        return None
+    return graph
+
+
+def _keeps_up(stream: BaseStream, graph: GraphStream, example: Tensor) -> bool:
+    """Whether the engine returns every output no later than the layer streams do, one sample
+    per call (their plan, promises included: a frame returns its values when it ends, so a
+    value that a promise gives mid-frame would come later on the engine)."""
+    from torchstreamer.plan.rules import stream_rule
+    from torchstreamer.plan.timing import chain_timing
+
+    try:
+        timing = chain_timing([stream_rule(stream)])
+    except (NotImplementedError, ValueError):
+        return True  # (no plan to hold the engine to: its own checks stand)
+    last, returned = timing.nodes[-1], 0
+    x = torch.randn(example.shape, generator=torch.Generator().manual_seed(0)).to(example)
+    try:
+        with torch.no_grad():
+            for seen in range(1, example.shape[-1] + 1):
+                y = graph(x[..., seen - 1 : seen])
+                returned += 0 if y is None else int(y.shape[-1])
+                if returned < timing.count_at(last, seen):
+                    return False
+    finally:
+        graph.reset()
+    return True
 
 
 def _example_length(stream: BaseStream) -> int:

@@ -121,7 +121,9 @@ def _keeps_up(stream: BaseStream, graph: GraphStream, example: Tensor) -> bool:
     from torchstreamer.plan.timing import chain_timing
 
     try:
-        timing = chain_timing([stream_rule(stream)])
+        layers = getattr(stream, "streams", None)  # (each layer a node: their periods count)
+        rules = [stream_rule(s) for s in layers] if layers is not None else [stream_rule(stream)]
+        timing = chain_timing(rules)
     except (NotImplementedError, ValueError):
         return True  # (no plan to hold the engine to: its own checks stand)
     last, returned = timing.nodes[-1], 0

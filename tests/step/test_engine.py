@@ -187,6 +187,47 @@ def test_joins_and_rate_changes_return_each_output_when_it_is_complete(
         assert_matches(run_stream(stream, x, lengths), model(x))
 
 
+_PADDED_POOLS = {
+    "max, padding": lambda: nn.MaxPool1d(3, stride=2, padding=1),
+    "max, padding, dilation": lambda: nn.MaxPool1d(2, stride=1, padding=1, dilation=2),
+    "average, padding counted": lambda: nn.AvgPool1d(3, stride=2, padding=1),
+    "average, padding not counted": lambda: nn.AvgPool1d(
+        5, stride=2, padding=2, count_include_pad=False
+    ),
+    "average, ceil_mode": lambda: nn.AvgPool1d(2, ceil_mode=True),
+    "max, ceil_mode and padding": lambda: nn.MaxPool1d(4, stride=3, padding=2, ceil_mode=True),
+}
+
+
+@functools.cache
+def _padded_pool(name: str, causal: bool) -> tuple[nn.Module, pts.GraphStream]:
+    # after a causal convolution the pool's input starts with the signal; after a centred one
+    # it lags (its first frame positions hold values from before the signal)
+    before = (
+        [nn.ConstantPad1d((2, 0), 0.0), nn.Conv1d(1, 3, 3)]
+        if causal
+        else [nn.Conv1d(1, 3, 3, padding=1)]
+    )
+    model = nn.Sequential(*before, _PADDED_POOLS[name](), nn.Tanh()).eval()
+    return model, pts.stream(model, torch.randn(1, 1, 64))
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "centred"])
+@pytest.mark.parametrize("name", sorted(_PADDED_POOLS))
+@fewer(10)
+@given(sizes=block_sizes(), length=st.integers(1, 60))  # (the model needs a sample)
+def test_pools_with_padding_inside_or_ceil_mode_run_on_the_engine(
+    name: str, causal: bool, sizes: list[int], length: int
+) -> None:
+    # the windows that read the left padding come from the start entry (zeros stand in for the
+    # padding in the frames); the last, partial windows from the end entry
+    model, stream = _padded_pool(name, causal)
+    assert stream.engine.startswith("frames of"), stream.engine
+    x = torch.randn(2, 1, length)
+    with torch.no_grad():
+        assert_matches(run_stream(stream, x, split_lengths(length, sizes)), model(x))
+
+
 @pytest.mark.parametrize("make", [PaddedAfterValid, examples.vocoder])
 @fewer(10)
 @given(sizes=block_sizes(), length=st.integers(20, 120))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,7 @@ from torchstreamer.step.rewrite import (
     _STREAM_REMEDY,
     StepGraph,
     _Builder,
+    _first,
     _lookahead,
 )
 
@@ -690,9 +691,7 @@ class _FrameBuilder(_Builder):
             self.pad_dirty(node, source, offset, int(module.padding[0]))  # type: ignore[index]
             return
         if isinstance(module, (nn.AvgPool1d, nn.MaxPool1d)):
-            kernel, stride, dilation = self.pool_geometry(node, module)
-            kind = "avg" if isinstance(module, nn.AvgPool1d) else "max"
-            self.frame_window(node, source, kernel, stride, dilation, 0, offset, kind)
+            self.pool(node, source, module, offset)
             return
         weight: Any = node.args[1]
         bias = node.args[2] if len(node.args) > 2 else None
@@ -711,6 +710,30 @@ class _FrameBuilder(_Builder):
             pad = int(module.padding[0])
         groups = module.groups
         self.frame_window(node, source, kernel, stride, dilation, pad, offset, "conv", w, b, groups)
+
+    def pool(
+        self, node: fx.Node, source: fx.Node, module: Union[nn.AvgPool1d, nn.MaxPool1d], offset: int
+    ) -> None:
+        """A pool. With lookahead, also one with padding inside or ``ceil_mode``: the frames
+        compute its whole windows. The windows that read its left padding are wrong in the
+        frames (zeros stand in, where a max pads with -inf and an average that does not count
+        padding divides by fewer), so those outputs are ``dirty`` (the start entry returns
+        them); the partial windows that the end of the signal closes (right padding,
+        ``ceil_mode``) come from the end entry, as a convolution's right padding does."""
+        kind = "avg" if isinstance(module, nn.AvgPool1d) else "max"
+        if not self.lookahead:  # (refuses padding and ceil_mode)
+            kernel, stride, dilation = self.pool_geometry(node, module)
+            self.frame_window(node, source, kernel, stride, dilation, 0, offset, kind)
+            return
+        kernel = int(_first(module.kernel_size))
+        stride = int(_first(module.stride)) if module.stride is not None else kernel
+        dilation = int(_first(getattr(module, "dilation", 1)))
+        pad = int(_first(module.padding))
+        self.frame_window(node, source, kernel, stride, dilation, pad, offset, kind)
+        zeros_pad = kind == "avg" and bool(getattr(module, "count_include_pad", True))
+        if pad and not zeros_pad:
+            dirty = self.dirty.get(source.name, 0)
+            self.dirty[node.name] = max(self.dirty.get(node.name, 0), -(-(dirty + pad) // stride))
 
     def zero_lagging(self, node: fx.Node, x: fx.Node, offset: int) -> fx.Node:
         """``x`` (the input of ``node``, ``-offset`` of whose first values come from before the
@@ -806,6 +829,8 @@ class _FrameBuilder(_Builder):
                 held = self.state(node, "window", initial)
                 y = self.call(held_product, held, rows, taps, offsets, stride, dilation)
                 self.update(held, self.call(held_tail, held, rows))  # (after `held` is read)
+            elif keep == 0 and dilation == 1 and kernel == stride:  # taps side by side
+                y = self.side_by_side(source, rows, weight, bias)
             else:
                 if keep < 0:
                     rows = self.call(operator.getitem, rows, (Ellipsis, slice(-keep, None), _ALL))
@@ -835,6 +860,24 @@ class _FrameBuilder(_Builder):
         if extra > 0:
             y = self.call(operator.getitem, y, _tail(0, extra))
         self.env[node.name] = y
+
+    def side_by_side(
+        self, source: fx.Node, rows: fx.Node, weight: Tensor, bias: Optional[Tensor]
+    ) -> fx.Node:
+        """A convolution whose stride is its kernel (no dilation, nothing held) on time-major
+        ``rows``: each output reads the next ``K`` rows, which side by side are one row of
+        ``K * C`` values, so it is one matrix product inline (what :func:`window_product` does,
+        without its per-call Python)."""
+        out_channels, channels, kernel = weight.shape
+        matrix = self.constant(weight.permute(2, 1, 0).reshape(kernel * channels, out_channels))
+        lead = [int(size) for size in self.values[source.name].shape[:-2]]
+        if math.prod(lead) == 1:  # one row of the batch: a plain matrix product (addmm)
+            flat = self.method("reshape", rows, [-1, kernel * channels])
+            y = self.product(flat, matrix, bias, [])
+        else:
+            flat = self.method("reshape", rows, [*lead, -1, kernel * channels])
+            y = self.product(flat, matrix, bias, lead)
+        return self.method("reshape", y, [*lead, -1, out_channels])
 
     def product(
         self, rows: fx.Node, matrix: fx.Node, bias: Optional[Tensor], lead: list[int]
@@ -887,9 +930,13 @@ class _FrameBuilder(_Builder):
             channels, out_channels = weight.shape[0], weight.shape[1]
             matrix = weight.permute(0, 2, 1).reshape(channels, kernel * out_channels)
             full_bias = bias.repeat(kernel) if bias is not None else None
-            lead = list(self.values[source.name].shape[:-2])
+            lead = [int(size) for size in self.values[source.name].shape[:-2]]
             rows = self.swap(x)  # [..., n, C]
-            y = self.product(rows, self.constant(matrix), full_bias, lead)  # [..., n, K * O]
+            if math.prod(lead) == 1:  # one row of the batch: a plain matrix product (addmm)
+                rows = self.method("reshape", rows, [-1, channels])
+            y = self.product(  # [..., n, K * O]
+                rows, self.constant(matrix), full_bias, lead if math.prod(lead) != 1 else []
+            )
             y = self.method("reshape", y, [*lead, -1, out_channels])  # [..., n * K, O]
             self.env[node.name] = self.swap(y)
             return

@@ -199,6 +199,9 @@ class Sequential1dStream(BaseStream):
         self._waiting = 0
         # the generated frame code of the offline module this stream equals (streams.on_engine)
         self._on_engine = False
+        # on the engine: (shape before time, dtype, device, engine) of the last block of the
+        # signal in progress, which passed the full check (so a block like it fits)
+        self._like_last: Any = None
         if engine and _BUILDING_LAYERS[0] == 0:
             self._attach_engine()
 
@@ -301,11 +304,25 @@ class Sequential1dStream(BaseStream):
 
     @torch.jit.unused
     def _engine_forward(self, x: Tensor, final: bool) -> Optional[Tensor]:
+        own = self.__dict__  # (hot path: no nn.Module attribute lookups)
+        like = own["_like_last"]
+        batched = x.dim() == 3
+        graph: Any = self._modules["_engine"]
+        if (
+            like is not None
+            and not final
+            and x.shape[:-1] == like[0]
+            and x.dtype == like[1]
+            and x.device == like[2]
+        ):  # shaped like the last block of this signal, which passed the check: fits
+            y = like[3].run(x if batched else x.unsqueeze(0), False, graph)
+            own["_seen"] += x.shape[-1]
+            if y is None:
+                return None
+            return y if batched else y.squeeze(0)
         if final or not self._fits(x):  # (the end of a signal is checked in full)
             self._check(x, final)
-        batched = x.dim() == 3
         # the block is checked: the graph stream's own check would repeat it
-        graph: Any = self._modules["_engine"]
         engine: Any = graph._modules.get("_engine")
         xb = x if batched else x.unsqueeze(0)
         if engine is not None and graph._batch >= 0 and not final:  # (GraphStream.forward)
@@ -319,6 +336,9 @@ class Sequential1dStream(BaseStream):
             self._rank = x.dim()
             self._batch = x.shape[0] if batched else -1
             self._seen += x.shape[-1]
+            engine = graph._modules.get("_engine")  # (the batch may have chosen it)
+            if engine is not None and graph._batch >= 0:
+                own["_like_last"] = (x.shape[:-1], x.dtype, x.device, engine)
         if y is None:
             return None
         return y if batched else y.squeeze(0)
@@ -370,6 +390,7 @@ class Sequential1dStream(BaseStream):
             )
         self._engine.set_state({k[len("_engine.") :]: v for k, v in state.items() if k not in own})
         self._rank, self._batch, self._seen = rank, batch, seen
+        self._like_last = None  # (the next block is checked in full against the new counters)
 
     def __prepare_scriptable__(self) -> "Sequential1dStream":
         """The form that ``torch.jit.script`` compiles: this stream on its layers (generated
@@ -529,6 +550,7 @@ class Sequential1dStream(BaseStream):
     @torch.jit.unused
     def _reset_engine(self) -> None:
         self._engine.reset()
+        self._like_last = None
 
     @torch.jit.export
     def _reference(self) -> Optional[Tensor]:

@@ -398,10 +398,12 @@ def bounded_state_target(results: list[dict[str, Any]], label: str = "") -> list
 
 
 def cost_cell(row: Optional[dict[str, Any]]) -> str:
-    """A table cell: us per sample and the ratio to the floor, ``-`` (does not apply) or ``x``
-    (disagrees with the offline model)."""
+    """A table cell: us per sample and the ratio to the floor, ``-`` (does not apply), ``x``
+    (disagrees with the offline model) or ``!`` (failed to set up: see the notes)."""
     if row is None or row["status"].startswith("unsupported"):
         return "-"
+    if row["status"].startswith("failed"):
+        return "!"
     if row["status"] != "ok":
         return "x"
     ratio = f" ({row['ratio_to_floor']:.2f})" if row["ratio_to_floor"] is not None else ""

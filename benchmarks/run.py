@@ -375,7 +375,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines[0] += (
             f" Microseconds per input sample (median of {report['settings']['repeats']} runs); "
             "in brackets the ratio to the stateless chunk floor; `-` where a path does not "
-            "apply, `x` where it disagrees with the offline model."
+            "apply, `x` where it disagrees with the offline model, `!` where it failed to "
+            "set up (listed below the table)."
         )
     runners = [n for n in ORDER if any(r["runner"] == n for r in results)]
     for threads in report["settings"]["threads"] if results else []:
@@ -395,6 +396,11 @@ def markdown(report: dict[str, Any]) -> str:
                 )  # fmt: skip
                 cells.append(real.cost_cell(row))
             lines.append(f"| {workload} | {block} | " + " | ".join(cells) + " |")
+    failures = sorted({(r["workload"], r["runner"], r["status"]) for r in results
+                       if r["status"].startswith("failed")})  # fmt: skip
+    if failures:
+        lines += ["", "Paths that failed to set up (`!`):"]
+        lines += [f"- {workload} / {runner}: {status}" for workload, runner, status in failures]
     if results:
         lines += ["", "**Per-call latency (block 1 and step model, 1 thread) and state**", ""]
         lines.append("| workload | path | median us | p99 us | state bytes | bounded |")

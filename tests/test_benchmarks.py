@@ -14,6 +14,8 @@ from benchmarks import legacy, run
 from benchmarks.baselines import RingBufferUnsupported, ring_buffer_runner
 from benchmarks.workloads import Workload, workloads
 
+from torchstreamer.measure import FailedRunner, runners_for, time_runners
+
 
 def test_a_quick_benchmark_writes_the_table_json_and_plot(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -105,6 +107,30 @@ def test_a_face_that_disagrees_fails_and_one_that_does_not_apply_is_skipped() ->
     results = _faces("vocoder", 16, 10.0, module=11.0)
     results.append(_row("vocoder", 16, "step", None, 10.0, "unsupported: no step form"))
     assert _checks(results)["vocoder, block 16: every face <= 1.50 x chunk floor"]["holds"]
+
+
+def test_a_face_that_fails_to_set_up_is_shown_listed_and_fails_its_targets() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3))
+    runners = [FailedRunner("script", "torch.jit.script raised RuntimeError('no')")]
+    runners += [r for r in runners_for(model, torch.randn(1, 1, 16)) if r.name == "chunks"]
+    measured = time_runners(runners, model, torch.randn(1, 1, 32), 16, repeats=1)
+    assert measured["script"].status == "failed: torch.jit.script raised RuntimeError('no')"
+    assert measured["script"].us_per_sample is None
+    results = _faces("tcn", 16, 10.0, module=11.0)
+    results.append(_row("tcn", 16, "script", None, 10.0, measured["script"].status))
+    for row in results:
+        row["latency_median_us"] = None
+    check = _checks(results)["tcn, block 16: every face <= 1.50 x chunk floor"]
+    assert not check["holds"]
+    assert check["measured"] == "worst 1.10 x (module); script failed"
+    report: dict[str, Any] = {
+        "machine": {"processor": "x86_64", "cpus": 2, "platform": "Linux", "torch": "2"},
+        "settings": {"repeats": 1, "threads": [1]}, "workloads": {"tcn": "tcn"},
+        "peer_notes": {}, "results": results, "targets": [],
+    }  # fmt: skip
+    table = run.markdown(report)
+    assert "| tcn | 16 | 11.00 (1.10) | ! |" in table
+    assert "- tcn / script: failed: torch.jit.script raised RuntimeError('no')" in table
 
 
 def test_block_one_streams_against_the_step_model() -> None:

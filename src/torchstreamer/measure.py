@@ -36,7 +36,7 @@ from torchstreamer.step.blocks import StepStream
 from torchstreamer.step.transform import StepModel, streaming_transform
 from torchstreamer.streams.registry import create_stream
 
-__all__ = ["Measurement", "Runner", "runners_for", "state_bytes", "time_runners"]
+__all__ = ["FailedRunner", "Measurement", "Runner", "runners_for", "state_bytes", "time_runners"]
 
 
 class Runner:
@@ -140,6 +140,18 @@ class StepRunner(Runner):
             self.step(block[..., t])
 
 
+class FailedRunner(Runner):
+    """A path that applies but could not be set up (``reason`` says why): measured as
+    ``failed``, so that a table shows it and no target counts it as met."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__()
+        self.name, self.reason = name, reason
+
+    def run(self, x: Tensor, block: int) -> Tensor:
+        raise RuntimeError(self.reason)
+
+
 class OfflineRunner(Runner):
     """The model on the whole signal (``block`` is ignored)."""
 
@@ -181,9 +193,13 @@ def runners_for(
     if isinstance(model, nn.Sequential):
         with contextlib.suppress(NotStreamableError):
             runners.append(StreamRunner("module", create_stream(model, module_padding)))
-        with contextlib.suppress(Exception):  # TorchScript may refuse, with many error types
+        try:  # the same, under TorchScript
             scripted = torch.jit.script(create_stream(copy.deepcopy(model), module_padding))
-            runners.append(StreamRunner("script", scripted))  # the same, under TorchScript
+            runners.append(StreamRunner("script", scripted))
+        except NotStreamableError:  # (the module face does not apply either)
+            pass
+        except Exception as error:  # TorchScript refused: reported, not dropped
+            runners.append(FailedRunner("script", f"torch.jit.script raised {error!r}"))
     with contextlib.suppress(NotStreamableError):
         runners.append(StreamRunner("graph", stream(model, example)))
     if step:
@@ -241,6 +257,9 @@ def time_runners(
         live = []
         for runner in runners:
             result = results[runner.name]
+            if isinstance(runner, FailedRunner):
+                result.status = f"failed: {runner.reason.splitlines()[0][:160]}"
+                continue
             try:
                 runner.reset()
                 y = runner.run(x, block)

@@ -850,13 +850,10 @@ class _FrameBuilder(_Builder):
             b = self.constant(bias) if bias is not None else None
             w = self.constant(weight)
             y = self.call(F.conv1d, window, w, b, stride, 0, dilation, groups)
+        elif kind == "avg":  # the offline kernel on whole windows (padding: held values)
+            y = self.call(F.avg_pool1d, window, kernel, stride)
         else:
-            taps = self.swap(window)  # time-major: [..., L, C]
-            taps = self.method("unfold", taps, -2, span, stride)  # [..., n, C, span]
-            if dilation > 1:
-                taps = self.call(operator.getitem, taps, (Ellipsis, slice(None, None, dilation)))
-            y = self.method("mean" if kind == "avg" else "amax", taps, -1)
-            y = self.swap(y)
+            y = self.call(F.max_pool1d, window, kernel, stride, 0, dilation)
         if extra > 0:
             y = self.call(operator.getitem, y, _tail(0, extra))
         self.env[node.name] = y

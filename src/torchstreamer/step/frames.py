@@ -166,16 +166,16 @@ def held_product(
     """:func:`window_product` over ``[held, rows]`` without joining them for long frames: the
     first outputs, whose taps reach into ``held``, from a short joined head; the others from
     shifted views of ``rows``, written in place."""
-    if rows.dim() == 3 and rows.shape[0] == 1:  # one row: plain matrix products
-        return held_product(held[0], rows[0], taps, bias, stride, dilation).unsqueeze(0)
     keep = held.shape[-2]
     kernel = taps.shape[0]
     span = dilation * (kernel - 1) + 1
     count = (keep + rows.shape[-2] - span) // stride + 1
-    if rows.dim() == 3 and count >= _SHIFTED_FROM:  # many rows of many outputs: one product
-        return _unfolded_product(held, rows, taps, bias, stride, dilation, count)
-    if rows.dim() != 2 or count < _SHIFTED_FROM or kernel > _SHIFTED_TAPS:
+    if count < _SHIFTED_FROM or kernel > _SHIFTED_TAPS:  # few outputs: the window joined
         return window_product(torch.cat([held, rows], -2), taps, bias, stride, dilation)
+    if rows.dim() == 3 and rows.shape[0] == 1:  # one row: plain matrix products
+        return held_product(held[0], rows[0], taps, bias, stride, dilation).unsqueeze(0)
+    if rows.dim() == 3:  # many rows of many outputs: one product
+        return _unfolded_product(held, rows, taps, bias, stride, dilation, count)
     first = min(count, -(-keep // stride))  # outputs from `first` on read only `rows`
     y = rows.new_empty(count, taps.shape[2])
     if first:

@@ -126,13 +126,15 @@ class StepStream(BaseStream):
 
     def _stream(self, x: Tensor, final: bool) -> Optional[Outputs]:
         """:meth:`forward` for a block already checked (a graph stream checks its blocks)."""
-        axis, frame, filled = self._axis, self._frame, self._filled
-        pending = self._held()
+        own = self.__dict__  # (the hot path: plain reads and writes of the counters)
+        axis, frame, filled = own["_axis"], own["_frame"], own["_filled"]
+        pending = self._buffers["_pending"]
+        assert pending is not None
         length = x.shape[axis]
         if filled + length < frame and not final:  # the common small block: the samples wait
             if length:
                 pending.narrow(axis, filled, length).copy_(x)
-                self._filled = filled + length
+                own["_filled"] = filled + length
             return None
         results: list[Outputs] = []
         start = 0

@@ -296,7 +296,7 @@ class FrameEngine(BaseStream):
             framed = frames._stream(x, False)
             if self._size:
                 self._remember(x)
-            self._seen = seen
+            self.__dict__["_seen"] = seen  # (a plain int: no nn.Module bookkeeping)
             if framed is None:
                 return None
             values = framed if isinstance(framed, tuple) else (framed,)

@@ -7,6 +7,7 @@ fresh twin; a state with a wrong buffer length, batch size or counter must be re
 
 from __future__ import annotations
 
+import pickle
 import random
 from typing import Callable
 
@@ -265,6 +266,32 @@ def test_a_sequential_on_the_engine_checks_its_counters_against_the_engine() -> 
         twin.set_state(state)  # a fresh twin continues from the state
         assert_matches(torch.cat([head, twin(x[..., 9:], final=True)], -1), net(x))
     assert_matches(torch.cat([head, tail], -1), net(x))
+
+
+def test_a_sequential_on_the_engine_checks_in_full_what_its_last_block_does_not_vouch_for() -> None:
+    # mid-signal, a block like the last one is checked by one comparison; a move to another
+    # dtype, a pickled copy and a restored state are checked in full again
+    net = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Conv1d(2, 1, 3, stride=2))
+    stream = pts.Sequential1dStream(net)
+    x = torch.randn(2, 1, 30)
+    with torch.no_grad():
+        expected = net(x)
+        head = stream(x[..., :5])
+        copied = pickle.loads(pickle.dumps(stream))
+        tail = copied(x[..., 5:], final=True)
+        assert_matches(torch.cat([head, tail], -1), expected)
+        stream.double()  # (the network's own layers too: the stream shares them)
+        with pytest.raises(pts.StreamInputError):
+            stream(x[..., 5:6])  # float32 after the move: refused, nothing changed
+        rest = stream(x[..., 5:].double(), final=True)
+        assert_matches(torch.cat([head, rest.float()], -1), expected)
+        stream.float()
+        stream(x[..., :5])
+        mid_signal = stream.get_state()
+        stream.reset()
+        stream(x[:1, :, :5])  # one row now
+        stream.set_state(mid_signal)  # back to two rows, mid-signal
+        assert_matches(torch.cat([head, stream(x[..., 5:], final=True)], -1), expected)
 
 
 def test_a_mid_signal_state_fits_a_fresh_twin_and_continues_exactly() -> None:

@@ -199,8 +199,9 @@ class Sequential1dStream(BaseStream):
         self._waiting = 0
         # the generated frame code of the offline module this stream equals (streams.on_engine)
         self._on_engine = False
-        # on the engine: (shape before time, dtype, device, engine) of the last block of the
-        # signal in progress, which passed the full check (so a block like it fits)
+        # on the engine: (shape before time, dtype, device, rank, batch) of the last block of
+        # the signal in progress, which passed the full check (so a block like it, in the same
+        # signal, fits); cleared by reset, set_state, a move (.to) and pickling
         self._like_last: Any = None
         if engine and _BUILDING_LAYERS[0] == 0:
             self._attach_engine()
@@ -314,8 +315,10 @@ class Sequential1dStream(BaseStream):
             and x.shape[:-1] == like[0]
             and x.dtype == like[1]
             and x.device == like[2]
-        ):  # shaped like the last block of this signal, which passed the check: fits
-            y = like[3].run(x if batched else x.unsqueeze(0), False, graph)
+            and own["_rank"] == like[3]
+            and own["_batch"] == like[4]
+        ):  # like the last block of the signal in progress, which passed the check: fits
+            y = graph._modules["_engine"].run(x if batched else x.unsqueeze(0), False, graph)
             own["_seen"] += x.shape[-1]
             if y is None:
                 return None
@@ -336,9 +339,8 @@ class Sequential1dStream(BaseStream):
             self._rank = x.dim()
             self._batch = x.shape[0] if batched else -1
             self._seen += x.shape[-1]
-            engine = graph._modules.get("_engine")  # (the batch may have chosen it)
-            if engine is not None and graph._batch >= 0:
-                own["_like_last"] = (x.shape[:-1], x.dtype, x.device, engine)
+            if graph._modules.get("_engine") is not None and graph._batch >= 0:
+                own["_like_last"] = (x.shape[:-1], x.dtype, x.device, self._rank, self._batch)
         if y is None:
             return None
         return y if batched else y.squeeze(0)
@@ -546,6 +548,15 @@ class Sequential1dStream(BaseStream):
             self._stage_channels[i] = -1
         if self._on_engine and not torch.jit.is_scripting():
             self._reset_engine()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_like_last"] = None  # (a copy checks its first block in full)
+        return state
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "Sequential1dStream":
+        self.__dict__["_like_last"] = None  # blocks must now fit the new dtype or device
+        return super()._apply(fn, *args, **kwargs)
 
     @torch.jit.unused
     def _reset_engine(self) -> None:

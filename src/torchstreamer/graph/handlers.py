@@ -613,7 +613,7 @@ def _leaf_handler(node: fx.Node, leaves: dict[str, nn.Module]) -> Handler:
     if isinstance(module, nn.RNNBase):
         return RecurrentHandler(module)
     channels = int(node.meta["val"][0].shape[-2])
-    if isinstance(module, nn.MaxPool1d):
+    if isinstance(module, (nn.MaxPool1d, nn.AvgPool1d)):
         stream: BaseStream = Pool1dStream(module, "model")
     else:  # a module with a registered streamer
         from torchstreamer.streams.registry import create_stream

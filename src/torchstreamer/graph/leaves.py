@@ -1,7 +1,8 @@
 """Opaque leaves: modules that ``torch.export`` cannot capture with a dynamic length.
 
 ``torch.export`` specialises the time length of ``nn.LSTM``/``nn.GRU``/``nn.RNN`` and
-``nn.MaxPool1d`` to the example's, so during the capture each of them is swapped for a
+``nn.MaxPool1d`` to the example's (and that of an ``nn.AvgPool1d`` with ``ceil_mode`` to the
+example's residue modulo its stride), so during the capture each of them is swapped for a
 :class:`Leaf` that calls one custom op, ``torchstreamer::leaf``. Its fake implementation gives
 the output shapes with a symbolic length; its real one calls the module. The graph then keeps
 the time length symbolic, and the leaf maps back to a streaming handler of the module.
@@ -65,10 +66,10 @@ class Leaf(nn.Module):
         return parts[0], parts[1]
 
 
-def _pool_shapes(pool: nn.MaxPool1d) -> Callable[[Tensor], list[list[Any]]]:
+def _pool_shapes(pool: nn.MaxPool1d | nn.AvgPool1d) -> Callable[[Tensor], list[list[Any]]]:
     def shapes(x: Tensor) -> list[list[Any]]:
-        kernel, stride = int(pool.kernel_size), int(pool.stride)  # type: ignore[arg-type]
-        padding, dilation = int(pool.padding), int(pool.dilation)  # type: ignore[arg-type]
+        kernel, stride = _first(pool.kernel_size), _first(pool.stride)
+        padding, dilation = _first(pool.padding), _first(getattr(pool, "dilation", 1))
         total = x.shape[-1]
         extra = stride - 1 if pool.ceil_mode else 0
         length = (total + 2 * padding - dilation * (kernel - 1) - 1 + extra) // stride + 1
@@ -77,6 +78,10 @@ def _pool_shapes(pool: nn.MaxPool1d) -> Callable[[Tensor], list[list[Any]]]:
         return [[*x.shape[:-1], length]]
 
     return shapes
+
+
+def _first(value: Any) -> int:
+    return int(value[0]) if isinstance(value, (tuple, list)) else int(value)
 
 
 def _rnn_shapes(rnn: nn.RNNBase) -> Callable[[Tensor], list[list[Any]]]:
@@ -135,6 +140,8 @@ def leaf_modules(
                     f"Cannot stream layer '{path}' (MaxPool1d): it returns indices, which count "
                     "from the start of the block and not of the signal; drop return_indices."
                 )
+            found[path] = (module, _pool_shapes(module), "tensor")
+        elif isinstance(module, nn.AvgPool1d) and module.ceil_mode:
             found[path] = (module, _pool_shapes(module), "tensor")
         elif isinstance(module, nn.RNNBase):
             if module.bidirectional:

@@ -539,7 +539,7 @@ class _FrameBuilder(_Builder):
         if isinstance(handler, ListHandler):
             inner = handler.inner
             module = inner.holder if isinstance(inner, ModuleStreamHandler) else None
-            if not isinstance(module, nn.MaxPool1d):
+            if not isinstance(module, (nn.MaxPool1d, nn.AvgPool1d)):
                 raise refuse(
                     node, "step models do not run layers with a registered streamer", _STREAM_REMEDY
                 )

@@ -545,7 +545,7 @@ class _Builder:
     def leaf(self, node: fx.Node, handler: ListHandler) -> None:
         inner = handler.inner
         module = inner.holder if isinstance(inner, ModuleStreamHandler) else None
-        if not isinstance(module, nn.MaxPool1d):
+        if not isinstance(module, (nn.MaxPool1d, nn.AvgPool1d)):
             raise refuse(
                 node,
                 "step models do not run layers with a registered streamer",

@@ -331,13 +331,23 @@ class FrameEngine(BaseStream):
                 ready = count if count < dirty else max(count, after)
             else:
                 ready = after
-            if not final and self._crops_end:  # frame values that exist only if more comes
-                ready = min(ready, self._lengths[i](seen))
+            framed_until = after  # the frame outputs that hold for the signal as it ends
+            if self._crops_end:
+                # frame values that exist only if more comes (the model's length caps them),
+                # and values that exist either way but differ if more comes (a transposed
+                # convolution's last output, which a gap after the signal's end would reach):
+                # until more comes only the plan's complete outputs go, and at the end the
+                # rest come from the end entry
+                complete = max(source.timing.count_at(self._names[i], seen), emitted)
+                if final:
+                    framed_until = min(after, complete)
+                else:
+                    ready = min(ready, self._lengths[i](seen), complete)
             pieces: list[Tensor] = []
             j = emitted
             while j < ready:
-                if max(dirty, before) <= j < after:  # from the frames
-                    stop = min(ready, after)
+                if max(dirty, before) <= j < framed_until:  # from the frames
+                    stop = min(ready, framed_until)
                     assert part is not None
                     pieces.append(part.narrow(out_axis, j - before, stop - j))
                 else:  # from the model run offline on the samples kept

@@ -233,6 +233,26 @@ def test_pools_with_padding_inside_or_ceil_mode_run_on_the_engine(
         assert_matches(run_stream(stream, x, split_lengths(length, sizes)), model(x))
 
 
+@pytest.mark.parametrize("face", ["graph", "module"])
+def test_a_signal_too_short_for_the_model_ends_with_an_error_and_the_next_one_is_exact(
+    face: str,
+) -> None:
+    # the pool's length formula counts one output for 0 samples, where the model raises
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 3, 3, padding=1), nn.MaxPool1d(4, 3, 2, ceil_mode=True))
+    model = model.eval()
+    if face == "graph":
+        stream: nn.Module = pts.stream(model, torch.randn(1, 1, 64))
+    else:
+        stream = pts.Sequential1dStream(model, padding="model")
+    assert stream.engine.startswith("frames of"), stream.engine
+    with pytest.raises(pts.StreamError, match="cannot end this signal"):
+        stream(torch.randn(2, 1, 0), final=True)
+    x = torch.randn(3, 1, 30)  # another batch size: a new signal
+    with torch.no_grad():
+        assert_matches(run_stream(stream, x, [7, 0, 1, 12]), model(x))
+
+
 @pytest.mark.parametrize("make", [PaddedAfterValid, examples.vocoder])
 @fewer(10)
 @given(sizes=block_sizes(), length=st.integers(20, 120))

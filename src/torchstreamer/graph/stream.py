@@ -230,8 +230,10 @@ class GraphStream(BaseStream):
         if engine is None:  # the frame code does not fit this batch size: interpret
             self._engine_refusal = f"for {rows} batch rows, {self._engine_refusal}"
             return self.forward(x, final)
-        y = engine.run(x, final, self)  # the block is checked: it fits the engine's rows
-        self._batch = -1 if final else rows
+        try:
+            y = engine.run(x, final, self)  # the block is checked: it fits the engine's rows
+        finally:
+            self._batch = -1 if final else rows
         return y
 
     def _waits(self, length: int) -> bool:

@@ -353,7 +353,13 @@ class FrameEngine(BaseStream):
                 else:  # from the model run offline on the samples kept
                     stop = min(ready, dirty) if j < dirty else ready
                     if offline is None:
-                        offline, start_of_offline = self._offline(source, window, seen, head, final)
+                        try:
+                            offline, start_of_offline = self._offline(
+                                source, window, seen, head, final
+                            )
+                        except StreamError:  # the model cannot end the signal: a new one next
+                            self.reset()
+                            raise
                     shift = int(self._counts[i] * start_of_offline / self._frame)
                     pieces.append(offline[i].narrow(out_axis, j - shift, stop - j))
                 j = stop
@@ -501,8 +507,18 @@ class FrameEngine(BaseStream):
         samples = samples.narrow(axis, start - first, seen - start)
         if head and not final:
             samples = self._runnable(samples)
-        with torch.no_grad(), self._carrying(start, head):
-            result = source.model(samples)
+        try:
+            with torch.no_grad(), self._carrying(start, head):
+                result = source.model(samples)
+        except RuntimeError as error:
+            if not (final and start == 0):
+                raise
+            raise StreamError(
+                f"The model cannot end this signal: run offline on all of its {seen} samples "
+                f"it raises {type(error).__name__}: {str(error).splitlines()[0]} (a signal too "
+                "short for its layers has no output offline either). The stream is ready for a "
+                "new signal."
+            ) from error
         return (list(result) if isinstance(result, tuple) else [result]), start
 
 

@@ -331,7 +331,12 @@ class Sequential1dStream(BaseStream):
         if engine is not None and graph._batch >= 0 and not final:  # (GraphStream.forward)
             y = engine.run(xb, False, graph)
         else:
-            y = graph._engine_forward(xb, final)
+            try:
+                y = graph._engine_forward(xb, final)
+            except StreamError:  # (the model cannot end the signal: the engine is reset)
+                if final:
+                    self.reset()
+                raise
         assert not isinstance(y, tuple)  # a Sequential returns one tensor
         if final:
             self.reset()

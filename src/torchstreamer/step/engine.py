@@ -353,13 +353,7 @@ class FrameEngine(BaseStream):
                 else:  # from the model run offline on the samples kept
                     stop = min(ready, dirty) if j < dirty else ready
                     if offline is None:
-                        try:
-                            offline, start_of_offline = self._offline(
-                                source, window, seen, head, final
-                            )
-                        except StreamError:  # the model cannot end the signal: a new one next
-                            self.reset()
-                            raise
+                        offline, start_of_offline = self._offline(source, window, seen, head, final)
                     shift = int(self._counts[i] * start_of_offline / self._frame)
                     pieces.append(offline[i].narrow(out_axis, j - shift, stop - j))
                 j = stop
@@ -513,6 +507,7 @@ class FrameEngine(BaseStream):
         except RuntimeError as error:
             if not (final and start == 0):
                 raise
+            self.reset()  # (the signal ends here: the next call starts a new one)
             raise StreamError(
                 f"The model cannot end this signal: run offline on all of its {seen} samples "
                 f"it raises {type(error).__name__}: {str(error).splitlines()[0]} (a signal too "

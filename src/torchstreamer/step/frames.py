@@ -929,11 +929,10 @@ class _FrameBuilder(_Builder):
             full_bias = bias.repeat(kernel) if bias is not None else None
             lead = [int(size) for size in self.values[source.name].shape[:-2]]
             rows = self.swap(x)  # [..., n, C]
+            product_lead = lead
             if math.prod(lead) == 1:  # one row of the batch: a plain matrix product (addmm)
-                rows = self.method("reshape", rows, [-1, channels])
-            y = self.product(  # [..., n, K * O]
-                rows, self.constant(matrix), full_bias, lead if math.prod(lead) != 1 else []
-            )
+                rows, product_lead = self.method("reshape", rows, [-1, channels]), []
+            y = self.product(rows, self.constant(matrix), full_bias, product_lead)  # [.., K * O]
             y = self.method("reshape", y, [*lead, -1, out_channels])  # [..., n * K, O]
             self.env[node.name] = self.swap(y)
             return

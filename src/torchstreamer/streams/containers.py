@@ -287,23 +287,6 @@ class Sequential1dStream(BaseStream):
             self._check_end(self._seen + self._waiting + x.shape[-1])
 
     @torch.jit.unused
-    def _fits(self, x: Tensor) -> bool:
-        """The common case of :meth:`_check` on the engine, checked fast: a float block with
-        the channels, dtype and device of the network, and the rank and batch of the signal in
-        progress."""
-        rank, reference = x.dim(), self._engine._weight
-        return (
-            (rank == 3 or rank == 2)
-            and x.shape[-2] == self._in_channels
-            and x.is_floating_point()
-            and (reference is None or (x.dtype == reference.dtype and x.device == reference.device))
-            and (
-                self._rank == 0 or (rank == self._rank and (rank == 2 or x.shape[0] == self._batch))
-            )
-            and not (self._batched_only and rank == 2)
-        )
-
-    @torch.jit.unused
     def _engine_forward(self, x: Tensor, final: bool) -> Optional[Tensor]:
         own = self.__dict__  # (hot path: no nn.Module attribute lookups)
         like = own["_like_last"]
@@ -323,8 +306,7 @@ class Sequential1dStream(BaseStream):
             if y is None:
                 return None
             return y if batched else y.squeeze(0)
-        if final or not self._fits(x):  # (the end of a signal is checked in full)
-            self._check(x, final)
+        self._check(x, final)  # a signal's first block, another shape, or its end: in full
         # the block is checked: the graph stream's own check would repeat it
         engine: Any = graph._modules.get("_engine")
         xb = x if batched else x.unsqueeze(0)

@@ -153,7 +153,8 @@ def transposed_carry(
     """
     span = conv_span(kernel, dilation)
     most = 0
-    for n in range(1, (padding + span) // stride + 4):
+    # (until the first output comes: the crop at both ends waits for 2 * padding + 1 samples)
+    for n in range(1, (2 * padding + span) // stride + 4):
         end = padding + transposed_ready(n, span, stride, padding, output_padding)
         emitted = end if end > padding else 0
         most = max(most, (n - 1) * stride + span - emitted)

@@ -233,6 +233,102 @@ def test_pools_with_padding_inside_or_ceil_mode_run_on_the_engine(
         assert_matches(run_stream(stream, x, split_lengths(length, sizes)), model(x))
 
 
+class Interpolated(nn.Module):
+    """Linear upsampling between windows: after a lagging (valid) or a centred convolution,
+    before a strided one, with a skip that lines up with it."""
+
+    def __init__(self, factor: int, before: str) -> None:
+        super().__init__()
+        self.factor = factor
+        self.conv = nn.Conv1d(2, 3, 3, padding=1 if before == "centred" else 0)
+        self.head = nn.Conv1d(3, 1, factor + 1, stride=factor, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.conv(x))
+        up = F.interpolate(h, scale_factor=self.factor, mode="linear")
+        return self.head(up + h.repeat_interleave(self.factor, -1))
+
+
+@functools.cache
+def _interpolated(factor: int, before: str) -> tuple[nn.Module, pts.GraphStream]:
+    model = Interpolated(factor, before).eval()
+    return model, pts.stream(model, torch.randn(1, 2, 64))
+
+
+@pytest.mark.parametrize("before", ["valid", "centred"])
+@pytest.mark.parametrize("factor", [1, 2, 3, 4])
+@fewer(10)
+@given(sizes=block_sizes(), batch=st.integers(1, 2), length=st.integers(3, 60))
+def test_linear_upsampling_runs_on_the_engine_never_later_than_the_plan(
+    factor: int, before: str, sizes: list[int], batch: int, length: int
+) -> None:
+    # the frames interpolate between each input and the one before it; the first outputs
+    # clamp to the first input as PyTorch does, the last (clamped to the last input) come
+    # from the end entry
+    model, stream = _interpolated(factor, before)
+    assert stream.engine.startswith("frames of"), stream.engine
+    x = torch.randn(batch, 2, length)
+    lengths = split_lengths(length, sizes)
+    ends = torch.tensor(lengths).cumsum(0).tolist()
+    with torch.no_grad():
+        got = returned_counts(stream, x, lengths)
+        assert got == [stream.timing.count_at(stream._outputs[0].name, e) for e in ends]
+        assert_matches(run_stream(stream, x, lengths), model(x))
+
+
+def test_linear_upsampling_on_the_engine_rounds_as_pytorch_on_long_signals() -> None:
+    # the source positions are computed where the outputs sit in the signal, in PyTorch's
+    # float32 arithmetic: far into a signal they are not periodic
+    model = nn.Sequential(nn.Conv1d(1, 2, 1), nn.Upsample(scale_factor=3, mode="linear")).eval()
+    stream = pts.stream(model, torch.randn(1, 1, 64))
+    assert stream.engine.startswith("frames of"), stream.engine
+    x = torch.randn(1, 1, 300_000)
+    with torch.no_grad():
+        assert_matches(run_stream(stream, x, [200_000, 1, 0, 37, 90_000]), model(x))
+
+
+_LEADING = {
+    "reflection after a centred window": lambda: [
+        nn.Conv1d(1, 2, 3, padding=1), nn.ReflectionPad1d(2)
+    ],
+    "replication after a strided window": lambda: [
+        nn.Conv1d(1, 2, 3, stride=2, padding=1), nn.ReplicationPad1d((3, 1))
+    ],
+    "zeros wider than the window": lambda: [nn.Conv1d(1, 2, 3), nn.Conv1d(2, 2, 1, padding=2)],
+    "a constant before a 1x1 window": lambda: [nn.ConstantPad1d((2, 0), 0.5), nn.Conv1d(1, 2, 1)],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("face", ["graph", "module"])
+@pytest.mark.parametrize("name", sorted(_LEADING))
+@fewer(10)
+@given(sizes=block_sizes(), length=st.integers(3, 50))
+def test_left_padding_that_reaches_the_output_comes_from_the_start_entry(
+    name: str, face: str, sizes: list[int], length: int
+) -> None:
+    # the model's first values lie before the signal (padding the model returns): the frames
+    # start after them, the start entry gives them as soon as the samples they copy are in
+    model, stream = _leading(name, face)
+    assert stream.engine.startswith("frames of"), stream.engine
+    x = torch.randn(2, 1, length)
+    lengths = split_lengths(length, sizes)
+    with torch.no_grad():
+        if face == "graph":
+            name_ = stream._outputs[0].name
+            ends = torch.tensor(lengths).cumsum(0).tolist()
+            expected = [stream.timing.count_at(name_, e) for e in ends]
+            assert returned_counts(stream, x, lengths) == expected
+        assert_matches(run_stream(stream, x, lengths), model(x))
+
+
+@functools.cache
+def _leading(name: str, face: str) -> tuple[nn.Module, nn.Module]:
+    model = nn.Sequential(*_LEADING[name]()).eval()
+    if face == "module":
+        return model, pts.Sequential1dStream(model, "model")
+    return model, pts.stream(model, torch.randn(1, 1, 64))
+
+
 @pytest.mark.parametrize("face", ["graph", "module"])
 def test_a_signal_too_short_for_the_model_ends_with_an_error_and_the_next_one_is_exact(
     face: str,
@@ -497,13 +593,42 @@ class _CroppedUpsampler(nn.Module):
         return self.up(self.conv(x))[..., 1:-2]
 
 
+class _CropThenPad(nn.Module):
+    """A crop at the end before a padded window: the window's last output reads the sample
+    that the crop removes, or padding if the signal ends there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x[..., :-1])
+
+
+def _gaps_before_a_pool_leaf() -> nn.Module:
+    """The gap after a transposed convolution's last input (its bias) is in the last window
+    of a pool captured as a leaf (``ceil_mode``); if the signal ends there, the pool averages
+    padding instead."""
+    up = nn.ConvTranspose1d(2, 2, 1, stride=2)
+    with torch.no_grad():
+        up.bias.fill_(5.0)
+    return nn.Sequential(nn.Conv1d(2, 2, 1), up, nn.AvgPool1d(3, 1, padding=1, ceil_mode=True))
+
+
 _END_CROPS = {
+    "crop_then_pad": _CropThenPad,
+    "gaps_before_a_pool_leaf": _gaps_before_a_pool_leaf,
     "two_outputs": _TwoRates,
     "cropped_upsampler": _CroppedUpsampler,
     "gaps": lambda: nn.Sequential(nn.Conv1d(2, 2, 1), nn.ConvTranspose1d(2, 2, 1, stride=2)),
     # the second layer's last output exists either way, but a gap after the end reaches it
     "gaps_before_an_overlap": lambda: nn.Sequential(
         nn.ConvTranspose1d(2, 2, 1, stride=3), nn.ConvTranspose1d(2, 2, 3, stride=2)
+    ),
+    # the window's last output reads the gap after the last input, or the right padding if the
+    # signal ends there: the frames compute it with the gap, before the plan says it is complete
+    "gaps_before_a_padded_window": lambda: nn.Sequential(
+        nn.ConvTranspose1d(2, 2, 1, stride=2), nn.Conv1d(2, 2, 2, padding=1)
     ),
 }
 

@@ -140,6 +140,22 @@ def test_conv_transpose1d_emits_outputs_when_their_last_input_arrives(
         )
 
 
+@pytest.mark.parametrize("script", [False, True], ids=["eager", "script"])
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(1, 1, 5), (2, 1, 6), (3, 2, 7)])
+def test_a_transposed_convolution_that_crops_more_than_it_spans_carries_every_sum(
+    kernel: int, stride: int, padding: int, script: bool
+) -> None:
+    # found by hypothesis: its first output needs 2 * padding + 1 samples, and the carry
+    # was sized for padding + span (the stream raised a size mismatch)
+    layer = nn.ConvTranspose1d(1, 2, kernel, stride=stride, padding=padding)
+    stream = pts.ConvTranspose1dStream(layer, "model")
+    if script:
+        stream = torch.jit.script(stream)
+    x = torch.randn(1, 1, 30)
+    with torch.no_grad():
+        assert_matches(run_stream(stream, x, [1] * 30), layer(x))
+
+
 def test_same_padding_streams_exactly_with_even_kernel() -> None:
     conv = nn.Conv1d(2, 3, 4, padding="same", dilation=3, padding_mode="reflect")
     assert same_padding(4, 3) == (4, 5)

@@ -794,16 +794,7 @@ class LinearUpsample(Handler):
         return TimeRule(Fraction(factor), ready, reads)
 
     def _sources(self, start: int, end: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Source index and weight of outputs ``start..end-1``, rounded as PyTorch rounds them
-        (in float32 for float32/float16/bfloat16 signals), so that long signals match too."""
-        math_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        scale = torch.tensor(1.0 / self.factor, dtype=math_dtype).double()
-        positions = torch.arange(start, end, dtype=torch.float64)
-        # PyTorch computes scale * (j + 0.5) - 0.5 as one fused multiply-add in math_dtype:
-        # exact in float64, then rounded once
-        src = (scale * (positions + 0.5) - 0.5).to(math_dtype).clamp(min=0)
-        low = src.to(torch.long)
-        return low, src - low.to(math_dtype)
+        return linear_sources(torch.arange(start, end), self.factor, dtype)
 
     def step(self, args: list[Any], final: bool) -> Any:
         block = args[0]
@@ -829,6 +820,24 @@ class LinearUpsample(Handler):
         if final:
             self.reset()
         return out
+
+
+def linear_sources(outputs: Tensor, factor: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Source index and weight of the outputs numbered ``outputs`` (int64) of a linear
+    upsampling by ``factor``, rounded as PyTorch rounds them (in float32 for float32, float16
+    and bfloat16 signals), so that long signals match too: output ``j`` is
+    ``(1 - weight) * x[low] + weight * x[low + 1]``.
+
+    >>> linear_sources(torch.arange(4), 2, torch.float32)
+    (tensor([0, 0, 0, 1]), tensor([0.0000, 0.2500, 0.7500, 0.2500]))
+    """
+    math_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    scale = torch.tensor(1.0 / factor, dtype=math_dtype).double()
+    # PyTorch computes scale * (j + 0.5) - 0.5 as one fused multiply-add in math_dtype:
+    # exact in float64, then rounded once
+    src = (scale * (outputs.to(torch.float64) + 0.5) - 0.5).to(math_dtype).clamp(min=0)
+    low = src.to(torch.long)
+    return low, src - low.to(math_dtype)
 
 
 def _upsample_handler(node: fx.Node, axis: int) -> Handler:

@@ -57,16 +57,18 @@ class Timing:
             a running sum).
     """
 
-    def __init__(self, rules: dict[str, TimeRule], inputs: dict[str, list[str]]) -> None:
-        """``rules`` of the streamed nodes in an order where inputs come first, and the names
-        of each node's time inputs; the one name that is no node's is the model's input."""
+    def __init__(
+        self, rules: dict[str, TimeRule], inputs: dict[str, list[str]], source: str = "input"
+    ) -> None:
+        """``rules`` of the streamed nodes in an order where inputs come first, the names of
+        each node's time inputs, and the name of the model's input (``source``)."""
         self.nodes = list(rules)
         self.rules = rules
         self.inputs = inputs
         sources = {i for names in inputs.values() for i in names} - set(rules)
-        if len(sources) != 1:
-            raise ValueError(f"the streamed nodes must have one input, not {sorted(sources)}")
-        self._input = sources.pop()
+        if not sources <= {source}:
+            raise ValueError(f"the streamed nodes must read only {source!r}, not {sorted(sources)}")
+        self._input = source
         self.rates: dict[str, Fraction] = {self._input: Fraction(1)}
         for name in self.nodes:
             self.rates[name] = self.rules[name].rate * self.rates[self.inputs[name][0]]
@@ -227,6 +229,7 @@ def graph_timing(stream: GraphStream) -> Timing:
             for n in stream._graph.nodes
             if n.name in stream.handlers
         },
+        stream._input.name,
     )
 
 
@@ -242,7 +245,7 @@ def carried_timing(stream: GraphStream) -> Timing:
         name: rule if rule.reads is not None else Rule(rule.rate, rule.ready, same_step)
         for name, rule in timing.rules.items()
     }
-    return Timing(rules, timing.inputs)
+    return Timing(rules, timing.inputs, timing._input)
 
 
 def chain_timing(rules: list[TimeRule]) -> Timing:

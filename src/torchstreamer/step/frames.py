@@ -13,7 +13,8 @@ layer's rate times ``S`` whole, gives every node a fixed number of new values pe
   ``F.conv1d`` on a few samples;
 - a transposed convolution keeps the inputs whose outputs overlap the frame's;
 - ``cumsum`` keeps its running sum; recurrent layers run on the frame from the hidden state
-  the last frame left; nearest upsampling repeats samples.
+  the last frame left; nearest upsampling repeats samples; linear upsampling keeps the last two
+  inputs and its place in the signal (PyTorch rounds its weights there).
 
 Every node's value ``i`` sits at frame position ``i - offset`` (left padding gives values before
 the signal starts, as for one-sample steps). The generated code does not depend on the frame
@@ -36,6 +37,7 @@ from torchstreamer.graph.handlers import (
     Aligned,
     Concatenation,
     Interleave,
+    LinearUpsample,
     ListHandler,
     ModuleStreamHandler,
     NearestUpsample,
@@ -43,6 +45,7 @@ from torchstreamer.graph.handlers import (
     Reshape,
     RunningSum,
     TimeSlice,
+    linear_sources,
 )
 from torchstreamer.graph.stream import GraphStream
 from torchstreamer.step.rewrite import (
@@ -158,6 +161,26 @@ def lagging_values(x: Tensor, skip: Tensor, axis: int) -> tuple[Tensor, Tensor]:
     x = x.clone()
     x.narrow(axis, 0, drop).zero_()
     return x, skip - drop
+
+
+def interpolated(
+    held: Tensor, x: Tensor, first: Tensor, factor: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Linear upsampling by ``factor`` of a frame ``x`` (time last) whose first value is input
+    ``first`` (an int64 tensor), with the two inputs before it ``held``: the outputs that
+    ``x``'s values complete (input ``i`` completes those between inputs ``i - 1`` and ``i``),
+    the new ``held`` and the new ``first``. Source indices and weights are PyTorch's, at the
+    outputs' place in the signal (:func:`~torchstreamer.graph.handlers.linear_sources`)."""
+    count = x.shape[-1]
+    window = torch.cat([held, x], -1)  # inputs first - 2 .. first + count - 1
+    outputs = torch.arange(factor * count, device=x.device) + (factor * (first - 1) + factor // 2)
+    low, weight = linear_sources(outputs, factor, x.dtype)
+    index = (low - (first - 2)).clamp(0, count + 1)
+    # (an output before the signal's second sample has weight 0 on its clamped next input)
+    after = (index + 1).clamp(max=count + 1)
+    weight = weight.to(x.dtype)
+    y = (1 - weight) * window.index_select(-1, index) + weight * window.index_select(-1, after)
+    return y, window[..., count:], first + count
 
 
 def held_product(
@@ -282,6 +305,20 @@ def window_product(
     return y.add_(bias) if bias is not None else y
 
 
+def _first_reading(reads: Any, position: int, count: int) -> int:
+    """The first of a node's ``count`` values whose window reads its input at ``position`` or
+    later (``count`` if none; ``reads`` of ``None``: output ``j`` reads up to input ``j``)."""
+    low, high = 0, count
+    while low < high:  # (the last sample a value reads grows with the value)
+        middle = (low + high) // 2
+        last = middle if reads is None else int(reads(middle)[1])
+        if last >= position:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
 def minimal_frame(source: GraphStream) -> int:
     """The smallest number of input samples that gives every node of ``source`` a whole number
     of values: the least common multiple of the denominators of the nodes' rates."""
@@ -376,6 +413,36 @@ class _FrameBuilder(_Builder):
             if last + steady <= self.lateness(output).numel():  # none late in steady state
                 self.dirty[output.name] = max(self.dirty.get(output.name, 0), last)
 
+    def speculates(self) -> bool:
+        """Whether a frame returns an output that differs if the signal ends with that frame.
+
+        For a signal that ends with a frame, the values of a node past its length there exist
+        only if the signal goes on (the gaps of a transposed convolution whose kernel is
+        shorter than its stride, what a crop at the end removes). An output the model has at
+        that length but whose window reads such a value (through the plan's ``reads``) reads
+        padding when the signal ends there: the stream then returns the outputs only as the
+        plan completes them (``crops_end``)."""
+        timing, outputs = self.source.timing, {o.name for o in self.source._outputs}
+        nodes = {n.name: n for n in self.source._graph.nodes}
+        for frames in (4, 5, 6):
+            samples = frames * self.frame - self.phase
+            first_off: dict[str, int] = {self.source._input.name: samples}  # first value that
+            for name in timing.nodes:  # (is past the length or reads one that is)
+                node = nodes[name]
+                reached = min((first_off[i] for i in timing.inputs[name]), default=samples)
+                reads = timing.rules[name].reads
+                if name not in self.offset or time_axis(node) is None:  # (a leaf's list)
+                    bound = int(timing.rates[name] * (samples + self.frame)) + 1
+                    first_off[name] = _first_reading(reads, reached, bound)
+                    continue
+                computed = frames * self.per_frame(node) + self.offset[name]
+                length = int(time_length(node).subs(self.symbol, samples))
+                wrong = _first_reading(reads, reached, computed)
+                if name in outputs and wrong < min(computed, length):
+                    return True
+                first_off[name] = min(wrong, length)
+        return False
+
     def drops_partial_frames(self) -> bool:
         """Whether the offline model returns nothing for the samples after the last whole frame
         (so that a stream may drop them when the signal ends)."""
@@ -396,7 +463,9 @@ class _FrameBuilder(_Builder):
         outputs, axes = [], []
         for output in source._outputs:
             offset, count = self.offset[output.name], self.per_frame(output)
-            if offset > 0:
+            if offset > 0 and self.lookahead:  # the frames start after those values
+                self.dirty[output.name] = max(offset, self.dirty.get(output.name, 0))
+            elif offset > 0:
                 raise refuse(
                     output,
                     f"the model returns {offset} samples from before the signal starts (left "
@@ -435,11 +504,14 @@ class _FrameBuilder(_Builder):
         shape[source._axis] = self.frame
         if self.lookahead:
             self.cover_late_start()
+            if self.speculates():
+                self.crops_end = True  # (the stream returns those values once more comes)
         return StepGraph(
             self.graph, self.root, self.states, len(outputs), axes, shape,
             frame=self.frame, held_back=self.held_back(),
             drops_partial_frames=self.drops_partial_frames(),
-            skips=[-self.offset[o.name] for o in source._outputs], phase=self.phase,
+            skips=[max(0, -self.offset[o.name]) for o in source._outputs],
+            leads=[max(0, self.offset[o.name]) for o in source._outputs], phase=self.phase,
             dirty=[self.dirty.get(o.name, 0) for o in source._outputs], carried=self.carried,
             crops_end=self.crops_end,
         )  # fmt: skip
@@ -577,6 +649,8 @@ class _FrameBuilder(_Builder):
             )
             self.offset[node.name] = offset * handler.factor
             self.dirty[node.name] = self.dirty.get(source.name, 0) * handler.factor
+        elif isinstance(handler, LinearUpsample):
+            self.linear_upsample(node, source, handler.factor, offset)
         elif isinstance(handler, Aligned):
             self.per_step(node)
         else:
@@ -734,6 +808,21 @@ class _FrameBuilder(_Builder):
         if pad and not zeros_pad:
             dirty = self.dirty.get(source.name, 0)
             self.dirty[node.name] = max(self.dirty.get(node.name, 0), -(-(dirty + pad) // stride))
+
+    def linear_upsample(self, node: fx.Node, source: fx.Node, factor: int, offset: int) -> None:
+        """Linear upsampling over time (``align_corners=False``): input ``i`` completes the
+        ``factor`` outputs between inputs ``i - 1`` and ``i``, so the values lag by
+        ``factor - factor // 2``; the last outputs, which the end of the signal clamps to its
+        last input, come from the end entry."""
+        held = self.state(node, "window", self.held_initial(source, offset, 2))
+        first = self.state(node, "first", torch.tensor(offset))  # the input value at position 0
+        result = self.call(interpolated, held, self.env[source.name], first, factor)
+        self.env[node.name] = self.call(operator.getitem, result, 0)
+        self.update(held, self.call(operator.getitem, result, 1))
+        self.update(first, self.call(operator.getitem, result, 2))
+        self.offset[node.name] = offset * factor - (factor - factor // 2)
+        dirty = self.dirty.get(source.name, 0)  # outputs that read a wrong input
+        self.dirty[node.name] = factor * dirty + factor // 2 if dirty else 0
 
     def zero_lagging(self, node: fx.Node, x: fx.Node, offset: int) -> fx.Node:
         """``x`` (the input of ``node``, ``-offset`` of whose first values come from before the

@@ -106,10 +106,14 @@ class StepGraph:
     input_shape: list[int]  # of x_t
     frame: Optional[int] = None  # input samples per call; None: one, without a time axis
     held_back: int = 0  # input samples by which a frame may hold an output back
-    crops_end: bool = False  # the model returns fewer values than the frames (lookahead only)
+    # the model returns fewer values than the frames, or other values where the signal ends
+    crops_end: bool = False  # (lookahead only)
     drops_partial_frames: bool = True  # whether the model drops samples after the last frame
     # per output: values from before the signal that come first (a lagging frame graph)
     skips: list[int] = field(default_factory=list)
+    # per output: values from before the signal that the frames never compute (left padding
+    # that reaches the output), which the stream's start entry gives (lookahead only)
+    leads: list[int] = field(default_factory=list)
     phase: int = 0  # input samples from before the signal that the first frame starts with
     # per output: how many first values a lagging frame graph may get wrong (computed offline)
     dirty: list[int] = field(default_factory=list)

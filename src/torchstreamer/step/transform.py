@@ -82,6 +82,8 @@ class StepModel(nn.Module):
         # per output: how many values from before the signal come first (a lagging frame model,
         # built for torchstreamer.stream; StepStream drops them)
         self.skips: tuple[int, ...] = tuple(step.skips) or (0,) * step.outputs
+        # per output: first values the frames never compute (left padding at the output)
+        self.leads: tuple[int, ...] = tuple(step.leads) or (0,) * step.outputs
         self.phase = step.phase  # samples from before the signal that the first frame takes
         # per output: first values that a lagging frame model may get wrong (computed offline)
         self.dirty: tuple[int, ...] = tuple(step.dirty) or (0,) * step.outputs

@@ -126,7 +126,7 @@ def _keeps_up(stream: BaseStream, graph: GraphStream, example: Tensor) -> bool:
         timing = chain_timing(rules)
     except (NotImplementedError, ValueError):
         return True  # (no plan to hold the engine to: its own checks stand)
-    last, returned = timing.nodes[-1], 0
+    last, returned = (timing.nodes or ["input"])[-1], 0  # (an empty network: its input)
     x = torch.randn(example.shape, generator=torch.Generator().manual_seed(0)).to(example)
     try:
         with torch.no_grad():

@@ -198,6 +198,22 @@ def test_empty_sequential_is_an_identity() -> None:
     assert torch.equal(run_stream(pts.Sequential1dStream(nn.Sequential()), x, [2]), x)
 
 
+@pytest.mark.parametrize(
+    "first",
+    [lambda: nn.BatchNorm1d(3), lambda: nn.PReLU(3), lambda: nn.Sequential(nn.ReLU(), nn.PReLU(3))],
+    ids=["batch-norm", "prelu", "nested"],
+)
+def test_a_first_layer_that_tells_its_channels_puts_the_sequential_on_the_engine(first) -> None:
+    # the engine needs the input's channels to build its example: a normalisation or a PReLU
+    # with one weight per channel tells them as a convolution does
+    net = nn.Sequential(first(), nn.Conv1d(3, 2, 3, padding=1), nn.ReLU()).eval()
+    stream = pts.Sequential1dStream(net, "model")
+    assert stream.engine.startswith("frames of"), stream.engine
+    x = torch.randn(2, 3, 20)
+    with torch.no_grad():
+        assert_matches(run_stream(stream, x, [1, 0, 6, 4]), net(x))
+
+
 def test_sequential_requires_a_sequential() -> None:
     with pytest.raises(TypeError, match=r"use torchstreamer\.create_stream"):
         pts.Sequential1dStream(nn.Conv1d(1, 1, 1))  # type: ignore[arg-type]

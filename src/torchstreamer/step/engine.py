@@ -166,14 +166,15 @@ class FrameEngine(BaseStream):
                 "follow (not floors and remainders of whole numbers); the interpreter streams it."
             )
         self._period = math.lcm(self._frame, self._head_period)
-        # recurrent layers whose state the end entry carries on (see _carrying)
+        # recurrent layers and running sums whose state the end entry carries on (_carrying)
         self._carried: list[tuple[nn.RNNBase, dict[str, str], Fraction]] = []
+        self._sums: list[tuple[dict[str, str], Fraction, int]] = []
         if needs_end:
             fields = [source.timing.receptive_field(name) for name in self._names]
             if any(field is None for field in fields):
                 from torchstreamer.step.frames import carried_history
 
-                self._carried = _carried_layers(source, step.carried)
+                self._carried, self._sums = _carried_layers(source, step.carried)
                 carried = carried_history(source, self._frame)
                 if carried is None:
                     raise NotStreamableError(
@@ -453,11 +454,17 @@ class FrameEngine(BaseStream):
         ``start``): each carried recurrent layer returns the outputs its frames gave and runs
         only over the values they have not run over, from the state they left. The model then
         computes from the layer's true state, which no bounded history of samples gives."""
-        if head or not self._carried:
+        if head or not (self._carried or self._sums):
             yield
             return
         step = self.frames.step.step_function
         patched: list[nn.RNNBase] = []
+        sums = []
+        for names, rate, axis in self._sums:
+            first = start * rate
+            assert first.denominator == 1, "the end entry starts on a whole frame"
+            done = int(getattr(step, names["consumed"])) - int(first)
+            sums.append((getattr(step, names["sum"]), done, axis))
         try:
             for layer, names, rate in self._carried:
                 first = start * rate
@@ -467,7 +474,8 @@ class FrameEngine(BaseStream):
                 state = (getattr(step, names["hidden"]), cell)
                 layer.forward = _carried_forward(layer, done, getattr(step, names["last"]), state)
                 patched.append(layer)
-            yield
+            with _CarriedSums(sums) if sums else contextlib.nullcontext():
+                yield
         finally:
             for layer in patched:
                 del layer.forward
@@ -624,29 +632,71 @@ def _rounding(dtype: torch.dtype) -> tuple[float, float]:
 
 def _carried_layers(
     source: GraphStream, carried: dict[str, dict[str, str]]
-) -> list[tuple[nn.RNNBase, dict[str, str], Fraction]]:
-    """The recurrent layers whose state an end entry carries on, with their states' names and
-    rates; refuses models whose unbounded memory is of another kind (a running sum), or whose
-    receptive field stays unbounded with the layers carried."""
-    from torchstreamer.graph.handlers import RecurrentHandler
+) -> tuple[
+    list[tuple[nn.RNNBase, dict[str, str], Fraction]], list[tuple[dict[str, str], Fraction, int]]
+]:
+    """The recurrent layers and running sums whose state an end entry carries on, with their
+    states' names and rates (and a sum's time axis); refuses models whose unbounded memory the
+    frames do not carry, or whose receptive field stays unbounded with those states carried."""
+    from torchstreamer.graph.handlers import RecurrentHandler, RunningSum
 
     timing = source.timing
     sources = [n for n in timing.nodes if timing.rules[n].reads is None]
     handlers = {n: source.handlers[n] for n in sources}
-    layers: list[nn.RNNBase] = [h.rnn for h in handlers.values() if isinstance(h, RecurrentHandler)]
-    plain = [n for n, h in handlers.items() if not isinstance(h, RecurrentHandler)]
-    if plain or any(n not in carried or not carried[n] for n in sources):
+    kinds = (RecurrentHandler, RunningSum)
+    if any(not isinstance(h, kinds) for h in handlers.values()) or any(
+        n not in carried or not carried[n] for n in sources
+    ):
         raise NotStreamableError(
             "The end of the signal determines outputs of this model (right padding or a "
-            "transposed convolution's overlap) after a running sum (or a recurrent layer that "
-            "the frames do not run from the start of the signal): no bounded history gives "
-            "them; the interpreter streams it."
+            "transposed convolution's overlap) after a recurrent layer that the frames do not "
+            "run from the start of the signal: no bounded history gives them; the interpreter "
+            "streams it."
         )
+    layers: list[nn.RNNBase] = [h.rnn for h in handlers.values() if isinstance(h, RecurrentHandler)]
     _check_own_layers(source, layers, "The end entry carries recurrent layers' states on")
-    return [
-        (layer, carried[n], Fraction(source._rate_of(source._nodes[n])))
-        for n, layer in zip(sources, layers)
+    rate = {n: Fraction(source._rate_of(source._nodes[n])) for n in sources}
+    recurrent = [n for n in sources if isinstance(handlers[n], RecurrentHandler)]
+    sums = [  # in the order the model computes them (the order of its cumsum calls)
+        (carried[n], rate[n], int(h.axis)) for n, h in handlers.items() if isinstance(h, RunningSum)
     ]
+    return [(layer, carried[n], rate[n]) for n, layer in zip(recurrent, layers)], sums
+
+
+class _CarriedSums(torch.overrides.TorchFunctionMode):
+    """While the end entry runs the model offline: each ``cumsum`` over time (the model's
+    running sums, in the order it computes them) sums on from the total the frames carry.
+    Its value ``done - 1`` (the last the frames summed) becomes that total; the values after
+    it add the values after it (as the frames would), the values before subtract those up to
+    it, so that none depends on the start of the end entry's window (which lacks its past)."""
+
+    def __init__(self, sums: list[tuple[Tensor, int, int]]) -> None:
+        super().__init__()
+        self.sums = sums
+        self.index = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if func not in (torch.cumsum, Tensor.cumsum) or self.index >= len(self.sums):
+            return result
+        x = args[0]
+        dim = args[1] if len(args) > 1 else kwargs["dim"]
+        carry, done, axis = self.sums[self.index]
+        if dim % x.dim() != axis % x.dim():  # a sum over another axis (channels, say)
+            return result
+        self.index += 1
+        count = x.shape[axis]
+        assert 0 <= done <= count, "the samples kept reach back far enough"
+        parts = []
+        if done > 1:  # value p: the total less the values p + 1 .. done - 1
+            later = x.narrow(axis, 1, done - 1).flip(axis).cumsum(axis).flip(axis)
+            parts.append(carry - later)
+        if done > 0:
+            parts.append(carry.expand_as(x.narrow(axis, 0, 1)))
+        if count > done:
+            parts.append(carry + x.narrow(axis, done, count - done).cumsum(axis))
+        return torch.cat(parts, axis).to(result.dtype)
 
 
 def _seeded_layers(

@@ -152,6 +152,11 @@ class FrameRecurrent(nn.Module):
         return y, hidden, skip - drop, consumed + (count - drop), last
 
 
+def _length(x: Tensor, axis: int) -> int:
+    """``x``'s length along ``axis`` (a call in the generated code: frames of any count)."""
+    return x.shape[axis]
+
+
 def lagging_values(x: Tensor, skip: Tensor, axis: int) -> tuple[Tensor, Tensor]:
     """``x`` with its first ``skip`` values along ``axis`` (from before the signal, where a
     running op must not count them) set to zero, and the new ``skip``."""
@@ -695,6 +700,7 @@ class _FrameBuilder(_Builder):
         else:
             initial = torch.zeros_like(value.narrow(axis, 0, 1))
         carry = self.state(node, "sum", initial)
+        carry_name = self.states[-1].name
         x = self.env[source.name]
         if offset < 0:  # a lagging input: its first values are from before the signal
             skip = self.state(node, "skip", torch.tensor(-offset))
@@ -705,6 +711,10 @@ class _FrameBuilder(_Builder):
         last = self.method("select", total, axis, -1)
         self.update(carry, self.method("unsqueeze", last, axis))
         self.env[node.name] = total
+        if self.lookahead:  # the end entry sums on from `carry` (FrameEngine._carrying)
+            consumed = self.state(node, "consumed", torch.tensor(offset))  # the next value's
+            self.update(consumed, self.call(torch.add, consumed, self.call(_length, x, axis)))
+            self.carried[node.name] = {"sum": carry_name, "consumed": self.states[-1].name}
 
     def recurrent(self, node: fx.Node, rnn: nn.RNNBase, offset: int) -> None:
         """The layer itself on the frame, from the hidden state that the last frame left."""

@@ -56,6 +56,10 @@ def _input_channels(module: nn.Module) -> Optional[int]:
     """Channels a module takes, when its first channel-aware layer tells."""
     if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
         return int(module.in_channels)
+    if isinstance(module, nn.BatchNorm1d):
+        return int(module.num_features)
+    if isinstance(module, nn.PReLU) and module.num_parameters > 1:
+        return int(module.num_parameters)
     if isinstance(module, nn.Sequential):
         for layer in module:
             channels = _input_channels(layer)

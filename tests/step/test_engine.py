@@ -134,6 +134,26 @@ class TwoAlignments(nn.Module):
         return self.pool(x), torch.tanh(x)
 
 
+def exact_on_the_engine(
+    model: nn.Module, stream: nn.Module, x: torch.Tensor, lengths: list[int]
+) -> None:
+    """``stream`` runs on the frame engine and streams ``x`` in blocks of ``lengths`` as
+    ``model`` computes it offline."""
+    assert stream.engine.startswith("frames of"), stream.engine
+    with torch.no_grad():
+        assert_matches(run_stream(stream, x, lengths), model(x))
+
+
+def returns_what_the_plan_completes(
+    stream: pts.GraphStream, x: torch.Tensor, lengths: list[int]
+) -> None:
+    """Each call returns the outputs that the plan says its samples complete: never later."""
+    ends = torch.tensor(lengths).cumsum(0).tolist()
+    expected = [stream.timing.count_at(stream._outputs[0].name, end) for end in ends]
+    with torch.no_grad():
+        assert returned_counts(stream, x, lengths) == expected
+
+
 def returned_counts(stream: pts.GraphStream, x: torch.Tensor, lengths: list[int]) -> list[int]:
     counts, total, start = [], 0, 0
     for length in lengths:
@@ -243,10 +263,7 @@ def test_pools_with_padding_inside_or_ceil_mode_run_on_the_engine(
     # the windows that read the left padding come from the start entry (zeros stand in for the
     # padding in the frames); the last, partial windows from the end entry
     model, stream = _padded_pool(name, causal)
-    assert stream.engine.startswith("frames of"), stream.engine
-    x = torch.randn(2, 1, length)
-    with torch.no_grad():
-        assert_matches(run_stream(stream, x, split_lengths(length, sizes)), model(x))
+    exact_on_the_engine(model, stream, torch.randn(2, 1, length), split_lengths(length, sizes))
 
 
 class Interpolated(nn.Module):
@@ -282,14 +299,10 @@ def test_linear_upsampling_runs_on_the_engine_never_later_than_the_plan(
     # clamp to the first input as PyTorch does, the last (clamped to the last input) come
     # from the end entry
     model, stream = _interpolated(factor, before)
-    assert stream.engine.startswith("frames of"), stream.engine
     x = torch.randn(batch, 2, length)
     lengths = split_lengths(length, sizes)
-    ends = torch.tensor(lengths).cumsum(0).tolist()
-    with torch.no_grad():
-        got = returned_counts(stream, x, lengths)
-        assert got == [stream.timing.count_at(stream._outputs[0].name, e) for e in ends]
-        assert_matches(run_stream(stream, x, lengths), model(x))
+    returns_what_the_plan_completes(stream, x, lengths)
+    exact_on_the_engine(model, stream, x, lengths)
 
 
 def test_linear_upsampling_on_the_engine_rounds_as_pytorch_on_long_signals() -> None:
@@ -325,16 +338,11 @@ def test_left_padding_that_reaches_the_output_comes_from_the_start_entry(
     # the model's first values lie before the signal (padding the model returns): the frames
     # start after them, the start entry gives them as soon as the samples they copy are in
     model, stream = _leading(name, face)
-    assert stream.engine.startswith("frames of"), stream.engine
     x = torch.randn(2, 1, length)
     lengths = split_lengths(length, sizes)
-    with torch.no_grad():
-        if face == "graph":
-            name_ = stream._outputs[0].name
-            ends = torch.tensor(lengths).cumsum(0).tolist()
-            expected = [stream.timing.count_at(name_, e) for e in ends]
-            assert returned_counts(stream, x, lengths) == expected
-        assert_matches(run_stream(stream, x, lengths), model(x))
+    if face == "graph":
+        returns_what_the_plan_completes(stream, x, lengths)
+    exact_on_the_engine(model, stream, x, lengths)
 
 
 @functools.cache
@@ -374,10 +382,8 @@ def test_padding_at_both_ends_comes_from_the_start_and_end_entries(
     model = make().eval()
     channels = next(model.parameters()).shape[1]
     stream = pts.stream(model, torch.randn(1, channels, 64))
-    assert stream.engine.startswith("frames of"), stream.engine
     x = torch.randn(2, channels, length)
-    with torch.no_grad():
-        assert_matches(run_stream(stream, x, split_lengths(length, sizes)), model(x))
+    exact_on_the_engine(model, stream, x, split_lengths(length, sizes))
 
 
 @pytest.mark.parametrize(
@@ -418,10 +424,7 @@ def test_the_end_entry_carries_a_recurrent_layers_state_on(
     """Right padding after a recurrent layer: exact, the layer running from its state (seeded
     offline where the frames get its first inputs wrong)."""
     model, stream = _encodec_shaped(kind, mode)
-    assert stream.engine.startswith("frames of"), stream.engine
-    x = torch.randn(batch, 1, length)
-    with torch.no_grad():
-        assert_matches(run_stream(stream, x, split_lengths(length, sizes)), model(x))
+    exact_on_the_engine(model, stream, torch.randn(batch, 1, length), split_lengths(length, sizes))
 
 
 @pytest.mark.parametrize("length", [8, 40, 90])
@@ -444,10 +447,7 @@ def test_running_sums_before_right_padding_sum_on_in_the_end_entry(
     sizes: list[int], batch: int, length: int
 ) -> None:
     model, stream = _sum_before_same()
-    assert stream.engine.startswith("frames of"), stream.engine
-    x = torch.randn(batch, 1, length)
-    with torch.no_grad():
-        assert_matches(run_stream(stream, x, split_lengths(length, sizes)), model(x))
+    exact_on_the_engine(model, stream, torch.randn(batch, 1, length), split_lengths(length, sizes))
 
 
 @functools.cache

@@ -431,21 +431,22 @@ class _FrameBuilder(_Builder):
         nodes = {n.name: n for n in self.source._graph.nodes}
         for frames in (4, 5, 6):
             samples = frames * self.frame - self.phase
-            first_off: dict[str, int] = {self.source._input.name: samples}  # first value that
-            for name in timing.nodes:  # (is past the length or reads one that is)
+            # per node: its first value past its length, or that reads one that is
+            wrong_from: dict[str, int] = {self.source._input.name: samples}
+            for name in timing.nodes:
                 node = nodes[name]
-                reached = min((first_off[i] for i in timing.inputs[name]), default=samples)
+                reached = min((wrong_from[i] for i in timing.inputs[name]), default=samples)
                 reads = timing.rules[name].reads
                 if name not in self.offset or time_axis(node) is None:  # (a leaf's list)
                     bound = int(timing.rates[name] * (samples + self.frame)) + 1
-                    first_off[name] = _first_reading(reads, reached, bound)
+                    wrong_from[name] = _first_reading(reads, reached, bound)
                     continue
                 computed = frames * self.per_frame(node) + self.offset[name]
                 length = int(time_length(node).subs(self.symbol, samples))
                 wrong = _first_reading(reads, reached, computed)
                 if name in outputs and wrong < min(computed, length):
                     return True
-                first_off[name] = min(wrong, length)
+                wrong_from[name] = min(wrong, length)
         return False
 
     def drops_partial_frames(self) -> bool:

@@ -367,14 +367,18 @@ class GraphStream(BaseStream):
         """Every node's value when the captured graph runs offline on the whole signal ``x``
         (what the step-model transform reads constants and edge values from)."""
         env: dict[str, Any] = {}
+        handlers = dict(self.handlers.items())
         for node in self._graph.nodes:
             if node.op == "placeholder":
                 env[node.name] = x if node is self._input else self._source(node.name)
             elif node.op == "call_function":
                 args = fx.node.map_arg(node.args, lambda n: env[n.name])
                 kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
+                reshape = handlers.get(node.name)
                 if node.target is LEAF_OP:
                     env[node.name] = _run_leaf(self._leaves[str(args[1])], args[0])
+                elif isinstance(reshape, Reshape):  # (the capture fixed the example's batch)
+                    env[node.name] = reshape.step([args[0]], False)
                 else:
                     env[node.name] = node.target(*args, **kwargs)
         return env

@@ -560,6 +560,26 @@ def test_the_start_entry_runs_the_model_on_a_length_it_accepts(index: int) -> No
             assert_matches(run_stream(stream, x, split_lengths(length, sizes)[:-1]), model(x))
 
 
+def test_the_build_check_compares_calls_with_the_model_on_the_signal_so_far(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a second guard behind speculates(): with it off, the frames of this network return, at
+    # some calls, a value that differs if the signal ends there (a window over the gaps of
+    # the transposed convolutions), though every whole signal streams exactly
+    from torchstreamer.step import engine, frames
+
+    monkeypatch.setattr(frames._FrameBuilder, "speculates", lambda self: False)
+    torch.manual_seed(12)
+    net = nn.Sequential(
+        nn.Conv1d(1, 2, 1), nn.ConvTranspose1d(2, 2, 1, stride=2),
+        nn.ConvTranspose1d(2, 2, 1, stride=2), nn.MaxPool1d(4, 1, padding=2, ceil_mode=True),
+        nn.Conv1d(2, 2, 2, stride=2),
+    ).eval()  # fmt: skip
+    assert pts.Sequential1dStream(net, "model").engine == "layers"
+    monkeypatch.setattr(engine, "_SO_FAR_CHECKS", 0)  # (the whole signals alone pass)
+    assert pts.Sequential1dStream(net, "model").engine.startswith("frames of")
+
+
 def test_the_build_check_ends_signals_of_other_lengths_too(monkeypatch: pytest.MonkeyPatch) -> None:
     # frame code whose end is wrong only for lengths of one residue modulo the frame (as a
     # pool's last partial window was): streaming the example's length alone would pass it

@@ -67,9 +67,11 @@ class Leaf(nn.Module):
 
 
 def _pool_shapes(pool: nn.MaxPool1d | nn.AvgPool1d) -> Callable[[Tensor], list[list[Any]]]:
+    from torchstreamer.streams.pool import pool_geometry
+
+    kernel, stride, padding, dilation = pool_geometry(pool)
+
     def shapes(x: Tensor) -> list[list[Any]]:
-        kernel, stride = _first(pool.kernel_size), _first(pool.stride)
-        padding, dilation = _first(pool.padding), _first(getattr(pool, "dilation", 1))
         total = x.shape[-1]
         extra = stride - 1 if pool.ceil_mode else 0
         length = (total + 2 * padding - dilation * (kernel - 1) - 1 + extra) // stride + 1
@@ -78,10 +80,6 @@ def _pool_shapes(pool: nn.MaxPool1d | nn.AvgPool1d) -> Callable[[Tensor], list[l
         return [[*x.shape[:-1], length]]
 
     return shapes
-
-
-def _first(value: Any) -> int:
-    return int(value[0]) if isinstance(value, (tuple, list)) else int(value)
 
 
 def _rnn_shapes(rnn: nn.RNNBase) -> Callable[[Tensor], list[list[Any]]]:

@@ -53,9 +53,9 @@ from torchstreamer.step.rewrite import (
     _STREAM_REMEDY,
     StepGraph,
     _Builder,
-    _first,
     _lookahead,
 )
+from torchstreamer.streams.pool import pool_geometry
 
 __all__ = ["build_frame_graph", "minimal_frame"]
 
@@ -810,10 +810,7 @@ class _FrameBuilder(_Builder):
             kernel, stride, dilation = self.pool_geometry(node, module)
             self.frame_window(node, source, kernel, stride, dilation, 0, offset, kind)
             return
-        kernel = int(_first(module.kernel_size))
-        stride = int(_first(module.stride)) if module.stride is not None else kernel
-        dilation = int(_first(getattr(module, "dilation", 1)))
-        pad = int(_first(module.padding))
+        kernel, stride, pad, dilation = pool_geometry(module)
         self.frame_window(node, source, kernel, stride, dilation, pad, offset, kind)
         zeros_pad = kind == "avg" and bool(getattr(module, "count_include_pad", True))
         if pad and not zeros_pad:

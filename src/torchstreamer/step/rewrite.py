@@ -44,6 +44,7 @@ from torchstreamer.graph.handlers import (
     TimeSlice,
 )
 from torchstreamer.graph.stream import GraphStream
+from torchstreamer.streams.pool import pool_geometry
 
 __all__ = ["StateSpec", "StepGraph", "build_step_graph"]
 
@@ -573,7 +574,8 @@ class _Builder:
     def pool_geometry(self, node: fx.Node, module: nn.Module) -> tuple[int, int, int]:
         """``(kernel, stride, dilation)`` of a pool without padding or ``ceil_mode`` (refused
         otherwise)."""
-        if int(_first(module.padding)) != 0:  # type: ignore[arg-type]
+        kernel, stride, padding, dilation = pool_geometry(module)  # type: ignore[arg-type]
+        if padding != 0:
             raise refuse(
                 node,
                 "step models do not run pools with padding inside the pool",
@@ -587,10 +589,7 @@ class _Builder:
                 "build the pool with ceil_mode=False and pad explicitly before it, or "
                 + _STREAM_REMEDY,
             )
-        kernel = int(_first(module.kernel_size))  # type: ignore[arg-type]
-        stride = module.stride if module.stride is not None else kernel
-        dilation = int(_first(getattr(module, "dilation", 1)))
-        return kernel, int(_first(stride)), dilation  # type: ignore[arg-type]
+        return kernel, stride, dilation
 
     def module_window(self, node: fx.Node, module: nn.Module, offset: int) -> None:
         source = node.args[0]
@@ -718,10 +717,6 @@ def _minimal_frame(source: GraphStream) -> int:
 
 def _lookahead(samples: int) -> str:
     return f"a lookahead of {samples} sample{'s' if samples != 1 else ''}"
-
-
-def _first(value: Union[int, tuple[int, ...]]) -> int:
-    return int(value[0]) if isinstance(value, (tuple, list)) else int(value)
 
 
 def build_step_graph(

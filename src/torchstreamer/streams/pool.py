@@ -17,8 +17,20 @@ from torchstreamer.time import avg_pool_divisor, ceil_extra_padding, conv_span, 
 __all__ = ["Pool1dStream"]
 
 
+def pool_geometry(pool: Union[nn.AvgPool1d, nn.MaxPool1d]) -> tuple[int, int, int, int]:
+    """``(kernel, stride, padding, dilation)`` of a pool (an average pool's dilation is 1), the
+    one reading of a pool's arguments that every face uses.
+
+    >>> pool_geometry(nn.MaxPool1d(3, padding=1))
+    (3, 3, 1, 1)
+    """
+    kernel = _first(pool.kernel_size)
+    stride = _first(pool.stride) if pool.stride is not None else kernel
+    return kernel, stride, _first(pool.padding), _first(getattr(pool, "dilation", 1))
+
+
 def _first(value: object) -> int:
-    return int(value[0]) if isinstance(value, tuple) else int(value)  # type: ignore[call-overload]
+    return int(value[0]) if isinstance(value, (tuple, list)) else int(value)  # type: ignore[call-overload]
 
 
 class Pool1dStream(WindowStream):
@@ -64,10 +76,8 @@ class Pool1dStream(WindowStream):
                 f"{label} returns indices, which count from the start of the block and not of "
                 "the signal; build it with return_indices=False."
             )
-        kernel = _first(pool.kernel_size)
-        stride = _first(pool.stride) if pool.stride is not None else kernel
-        dilation = _first(pool.dilation) if is_max else 1
-        pad = _first(pool.padding) if padding == "model" else 0
+        kernel, stride, pad, dilation = pool_geometry(pool)
+        pad = pad if padding == "model" else 0
         value = float("-inf") if is_max else 0.0
         super().__init__(
             label, -1, conv_span(kernel, dilation), stride, pad, pad, "constant", value

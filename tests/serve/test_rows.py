@@ -90,3 +90,25 @@ def test_a_frame_stream_restarts_rows_only_between_whole_frames() -> None:
         stream(x[..., 6:8], start=torch.tensor([True, False]))
     rest = stream(x[..., 6:])  # the refusals changed nothing
     assert_matches(torch.cat([first, rest], -1), offline(model, x))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        torch.randn(2, 3, 4),  # channels
+        torch.randn(3, 2, 4),  # batch
+        torch.randn(2, 2, 4, dtype=torch.float64),
+        torch.randn(2, 4),  # rank
+    ],
+    ids=["channels", "batch", "dtype", "rank"],
+)
+def test_a_block_that_does_not_fit_restarts_no_row(bad: torch.Tensor) -> None:
+    model = nn.Sequential(pts.PaddedConv1d(2, 3, 5), Recurrent(3, nn.GRU, 1)).eval()
+    step, _ = pts.streaming_transform(model, torch.randn(2, 2, 8), -1)
+    stream = pts.StepStream(step)
+    x = torch.randn(2, 2, 12)
+    first = stream(x[..., :6])
+    with pytest.raises(pts.StreamInputError, match="blocks shaped|computes in"):
+        stream(bad, start=torch.tensor([True, False]))
+    rest = stream(x[..., 6:])  # neither row restarted
+    assert_matches(torch.cat([first, rest], -1), offline(model, x))

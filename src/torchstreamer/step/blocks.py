@@ -93,8 +93,6 @@ class StepStream(BaseStream):
         this block while the other rows go on; rows restart between whole frames (a frame
         model's stream raises while it holds part of a frame: feed whole frames, or use
         :class:`torchstreamer.StreamPool`, whose rows are fully independent)."""
-        if start is not None:
-            self._restart_rows(x, start)
         axis = self._axis
         pending = self._held()
         if (
@@ -104,13 +102,12 @@ class StepStream(BaseStream):
             or x.dtype != pending.dtype
             or x.device != pending.device
         ):
-            self._refuse(x, pending)
+            self._refuse(x, pending)  # (before any row restarts: nothing changes)
+        if start is not None:
+            self._restart_rows(start)
         return self._stream(x, final)
 
-    def _restart_rows(self, x: Tensor, start: Tensor) -> None:
-        pending = self._held()
-        if x.dtype != pending.dtype or x.device != pending.device or x.dim() != self._rank:
-            self._refuse(x, pending)  # nothing restarts for a block that does not fit
+    def _restart_rows(self, start: Tensor) -> None:
         layout = self.step.row_layout()
         flags = layout.check_flags(start, "start")
         if not bool(flags.any()):

@@ -185,3 +185,87 @@ def test_a_step_model_of_one_row_is_refused_for_serving(tmp_path: Path) -> None:
     step, _ = pts.streaming_transform(model, torch.randn(1, 1, 16), -1, frame="auto")
     with pytest.raises(pts.StreamError, match="at least two rows"):
         pts.export_triton(step, None, tmp_path, onnx=False)
+
+
+def test_a_bad_request_fails_alone_and_changes_no_sequence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = nn.Sequential(pts.PaddedConv1d(1, 2, 3), nn.Tanh()).eval()
+    pts.export_triton(model, torch.randn(1, 1, 16), tmp_path, name="p", block=2, onnx=False)
+    served = _load_model(tmp_path, monkeypatch, "p")
+    x = torch.randn(1, 1, 12)
+    outputs = []
+    (first,) = served.execute([_request(x[..., :3], 1, True, False)])
+    outputs.append(first.outputs["out_signal"])
+    good = _request(x[..., 3:7], 1, False, False)
+    no_signal = _request(x[..., :2], 2, True, False)
+    del no_signal.inputs["in_signal"]
+    as_objects = _request(x[..., :2], 3, True, False)
+    as_objects.inputs["in_signal"] = as_objects.inputs["in_signal"].astype(object)
+    as_complex = _request(x[..., :2], 4, True, False)
+    as_complex.inputs["in_signal"] = as_complex.inputs["in_signal"].astype(np.complex64)
+    float_id = _request(x[..., :2], 5, True, False)
+    float_id.inputs["CORRID"] = np.array([[5.5]], np.float64)
+    no_flag = _request(x[..., :2], 6, True, False)
+    no_flag.inputs["START"] = np.zeros((1, 0), np.float32)
+    twice = _request(x[..., :2], 1, False, False)
+    responses = served.execute([good, no_signal, as_objects, as_complex, float_id, no_flag, twice])
+    assert responses[0].error is None
+    outputs.append(responses[0].outputs["out_signal"])
+    errors = [r.error for r in responses[1:]]
+    assert "no input 'in_signal'" in errors[0]
+    assert "real numbers" in errors[1] and "object" in errors[1]
+    assert "real numbers" in errors[2] and "complex64" in errors[2]
+    assert "CORRID must be an integer or a string" in errors[3]
+    assert errors[4]  # an empty control: refused, not an IndexError for the whole batch
+    assert "two requests in one batch" in errors[5]
+    assert set(served.sequences) == {1}
+    # the step fails: no sequence changes, and the same request sent again goes on exactly
+    program = served.program
+    served.program = lambda *args: (_ for _ in ()).throw(RuntimeError("out of memory"))
+    (failed,) = served.execute([_request(x[..., 7:10], 1, False, False)])
+    assert "the step failed: out of memory" in failed.error
+    served.program = program
+    (again,) = served.execute([_request(x[..., 7:10], 1, False, False)])
+    (last,) = served.execute([_request(x[..., 10:], 1, False, True)])
+    outputs += [again.outputs["out_signal"], last.outputs["out_signal"]]
+    assert_matches(torch.from_numpy(np.concatenate(outputs, -1)), model(x).detach())
+
+
+def test_a_string_correlation_id_names_a_sequence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = nn.Sequential(pts.PaddedConv1d(1, 2, 3)).eval()
+    pts.export_triton(model, torch.randn(1, 1, 16), tmp_path, name="p", onnx=False)
+    served = _load_model(tmp_path, monkeypatch, "p")
+    x = torch.randn(1, 1, 8)
+    outputs = []
+    for t, (start, end) in zip((0, 4), ((True, False), (False, True))):
+        request = _request(x[..., t : t + 4], 0, start, end)
+        request.inputs["CORRID"] = np.array([[b"client-7"]], dtype=object)
+        (response,) = served.execute([request])
+        assert response.error is None
+        outputs.append(response.outputs["out_signal"])
+    assert_matches(torch.from_numpy(np.concatenate(outputs, -1)), model(x).detach())
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"instances": 0}, "instances must be a whole number of at least 1"),
+        ({"idle_seconds": -1.0}, "idle_seconds .* positive number"),
+        ({"idle_seconds": float("nan")}, "idle_seconds .* positive number"),
+        ({"name": "../outside"}, "cannot name a Triton model"),
+        ({"name": 'say"hi'}, "cannot name a Triton model"),
+        ({"name": ""}, "cannot name a Triton model"),
+        ({"block": -4}, "block must be a whole number of at least 0"),
+    ],
+)
+def test_arguments_that_triton_cannot_serve_are_refused_before_anything_is_written(
+    tmp_path: Path, arguments: dict[str, Any], message: str
+) -> None:
+    model = nn.Sequential(pts.PaddedConv1d(1, 2, 3)).eval()
+    with pytest.raises(pts.StreamError, match=message):
+        pts.export_triton(model, torch.randn(1, 1, 16), tmp_path / "repo", onnx=False, **arguments)
+    assert not (tmp_path / "repo").exists()
+    assert not (tmp_path / "outside").exists()

@@ -56,8 +56,9 @@ def _blocks(text: str) -> list[int]:
     return blocks
 
 
-def _at_least(minimum: int, kind: type = int) -> Callable[[str], Any]:
-    """An argparse type: a number of ``kind`` (int or float) that is at least ``minimum``."""
+def _at_least(minimum: int, kind: type = int, strict: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` (int or float) that is at least ``minimum``
+    (``strict``: more than ``minimum``)."""
 
     def parse(text: str) -> Any:
         try:
@@ -65,8 +66,9 @@ def _at_least(minimum: int, kind: type = int) -> Callable[[str], Any]:
         except ValueError as error:
             what = "a whole number" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from error
-        if not value >= minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text}")
+        if not value >= minimum or (strict and not value > minimum):
+            least = f"more than {minimum}" if strict else f"at least {minimum}"
+            raise argparse.ArgumentTypeError(f"must be {least}, not {text}")
         return value
 
     return parse
@@ -75,6 +77,7 @@ def _at_least(minimum: int, kind: type = int) -> Callable[[str], Any]:
 _positive = _at_least(1)
 _non_negative = _at_least(0, float)
 _non_negative_int = _at_least(0)
+_positive_number = _at_least(0, float, strict=True)
 
 
 def _epilog() -> str:
@@ -136,7 +139,7 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     triton.add_argument("--max-batch-size", type=_positive, default=8)
     triton.add_argument("--instances", type=_positive, default=1)
     triton.add_argument(
-        "--idle-seconds", type=_non_negative, default=10.0,
+        "--idle-seconds", type=_positive_number, default=10.0,
         help="Triton ends a sequence idle this long (default 10)",
     )  # fmt: skip
     triton.add_argument("--no-onnx", action="store_true", help="only the Python-backend model")

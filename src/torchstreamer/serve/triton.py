@@ -31,6 +31,9 @@ Example:
 from __future__ import annotations
 
 import json
+import math
+import numbers
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -87,6 +90,7 @@ def export_triton(
         StreamError: the block is not a whole number of frames, or the step's rows depend on
             each other.
     """
+    _check_arguments(name, block, instances, idle_seconds)
     step = _step(model, example, axis)
     sequence = SequenceStep(step)
     block = block or sequence.frame
@@ -110,6 +114,27 @@ def export_triton(
         (root / f"{name}_onnx" / "config.pbtxt").write_text(configs["onnx"])
         written += [root / f"{name}_onnx" / "config.pbtxt", onnx_dir / "model.onnx"]
     return sorted(written)
+
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _check_arguments(name: str, block: int, instances: int, idle_seconds: float) -> None:
+    """Refuse, before anything is built or written, arguments that Triton cannot serve."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise StreamError(
+            f"The model name {name!r} cannot name a Triton model: use letters, digits, '_', "
+            "'-' and '.' (not first, and no '..'), so that the model stays inside the "
+            "repository and its config.pbtxt parses."
+        )
+    for what, value, least in (("block", block, 0), ("instances", instances, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            raise StreamError(f"{what} must be a whole number of at least {least}, not {value!r}.")
+    if not isinstance(idle_seconds, numbers.Real) or not 0 < idle_seconds < math.inf:
+        raise StreamError(
+            "idle_seconds (how long Triton waits for a sequence's next request) must be a "
+            f"positive number of seconds, not {idle_seconds!r}."
+        )
 
 
 def _step(model: Union[nn.Module, StepModel], example: Optional[Tensor], axis: int) -> StepModel:

@@ -17,6 +17,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
@@ -36,37 +37,37 @@ class TritonPythonModel:
         torch.set_num_threads(int(self.meta.get("threads", 1)))
 
     def execute(self, requests):
+        """Answer each request: a bad request (no signal, a signal that does not fit, a CORRID
+        that is not an id, a sequence without state) gets an error response of its own, and
+        neither its sequence nor any other changes. The good ones run as rows of one step."""
         now = time.monotonic()
         responses = [None] * len(requests)
-        work = []
+        work = []  # (index, corrid, the sequence's next state, end)
+        taken = set()
         for index, request in enumerate(requests):
-            if not _flag(request, "READY", True):  # a padding slot of the direct strategy
-                responses[index] = self._response([_empty(s) for s in self.meta["outputs"]])
-                continue
-            corrid = int(_scalar(request, "CORRID", 0))
-            start, end = _flag(request, "START", False), _flag(request, "END", False)
-            signal = pb_utils.get_input_tensor_by_name(request, self.meta["input"])
-            x = torch.from_numpy(signal.as_numpy().copy()).to(self.dtype)
-            problem = self._misfit(x)
-            if problem:  # this request fails alone; its sequence's state is unchanged
-                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(problem))
-                continue
-            if start:
-                sequence = _Sequence(self.meta, x)
-            else:
-                sequence = self.sequences.get(corrid)
-                if sequence is None:
-                    responses[index] = pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(
-                            f"sequence {corrid} has no state: it did not start with START, "
-                            "ended, or was idle longer than the sequence batcher allows"
-                        )
-                    )
+            try:
+                parsed = self._parse(request)
+                if parsed is None:  # a padding slot of the direct strategy
+                    responses[index] = self._response([_empty(s) for s in self.meta["outputs"]])
                     continue
-            sequence.add(x, self.axis)
+                corrid, start, end, x = parsed
+                if corrid in taken:
+                    raise ValueError(f"sequence {corrid} sent two requests in one batch")
+                sequence = self._next(corrid, start, x)
+            except (ValueError, TypeError, IndexError) as error:
+                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error)))
+                continue
+            taken.add(corrid)
             sequence.seen = now
             work.append((index, corrid, sequence, end))
-        self._run([sequence for _, _, sequence, _ in work])
+        try:
+            self._run([sequence for _, _, sequence, _ in work])
+        except Exception as error:  # no sequence changed: each request may be sent again
+            for index, _, _, _ in work:
+                responses[index] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"the step failed: {error}")
+                )
+            return responses
         for index, corrid, sequence, end in work:
             responses[index] = self._response(sequence.take(self.meta, self.axis))
             if end:
@@ -76,6 +77,44 @@ class TritonPythonModel:
         for corrid in [c for c, s in self.sequences.items() if now - s.seen > self.idle_seconds]:
             del self.sequences[corrid]  # Triton dropped it after its idle timeout
         return responses
+
+    def _parse(self, request):
+        """(CORRID, START, END, signal) of a request, None for a padding slot, or ValueError /
+        TypeError with the reason the request is refused."""
+        if not _flag(request, "READY", True):
+            return None
+        corrid = _corrid(request)
+        start, end = _flag(request, "START", False), _flag(request, "END", False)
+        signal = pb_utils.get_input_tensor_by_name(request, self.meta["input"])
+        if signal is None:
+            raise ValueError(f"the request has no input '{self.meta['input']}'")
+        array = signal.as_numpy()
+        if array.dtype.kind not in "fiu":  # complex, bool, bytes, objects: no silent cast
+            raise TypeError(
+                f"{self.meta['input']} must hold real numbers ({self.meta['dtype']}), not "
+                f"{array.dtype}"
+            )
+        x = torch.from_numpy(array.copy()).to(self.dtype)
+        problem = self._misfit(x)
+        if problem:
+            raise ValueError(problem)
+        return corrid, start, end, x
+
+    def _next(self, corrid, start, x):
+        """The state of the sequence ``corrid`` after ``x`` joins its waiting samples: a new
+        object, so that the sequence is unchanged until the step has run."""
+        if start:
+            sequence = _Sequence(self.meta, x)
+        else:
+            current = self.sequences.get(corrid)
+            if current is None:
+                raise ValueError(
+                    f"sequence {corrid} has no state: it did not start with START, ended, or "
+                    "was idle longer than the sequence batcher allows"
+                )
+            sequence = current.copy()
+        sequence.add(x, self.axis)
+        return sequence
 
     def _misfit(self, x):
         """Why a request's signal does not fit the model, or None."""
@@ -139,6 +178,14 @@ class _Sequence:
         self.outputs = []
         self.seen = 0.0
 
+    def copy(self):
+        """A sequence with the same state, waiting samples and unsent outputs, which can change
+        while this one stays as it is (the tensors themselves are never written in place)."""
+        twin = _Sequence.__new__(_Sequence)
+        twin.states, twin.pending, twin.fresh = list(self.states), self.pending, self.fresh
+        twin.outputs, twin.seen = list(self.outputs), self.seen
+        return twin
+
     def add(self, x, axis):
         self.pending = torch.cat([self.pending, x], axis) if self.pending.numel() else x
 
@@ -165,4 +212,19 @@ def _scalar(request, name, default):
 
 
 def _flag(request, name, default):
-    return bool(_scalar(request, name, default))
+    value = _scalar(request, name, default)
+    if isinstance(value, (bytes, str)):
+        raise TypeError(f"the control {name} must be a number (0 or 1), not {value!r}")
+    return bool(value)
+
+
+def _corrid(request):
+    """The sequence's correlation id: an integer, or a string (Triton's string ids)."""
+    value = _scalar(request, "CORRID", 0)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"CORRID must be an integer or a string, not {value!r}")
+    return int(value)

@@ -322,3 +322,42 @@ def test_step_stream_refuses_a_filled_counter_that_is_not_a_scalar() -> None:
         assert stream._filled == 2
         stream.set_state(state)
         assert_matches(stream(x[..., 2:], final=True), model(x))
+
+
+def _streams_with_state() -> dict[str, tuple[pts.BaseStream, torch.Tensor]]:
+    model = nn.Sequential(pts.PaddedConv1d(1, 2, 4), nn.Tanh()).eval()
+    step, _ = pts.streaming_transform(model, torch.randn(1, 1, 8), -1, frame="auto")
+    return {
+        "module": (pts.Conv1dStream(pts.PaddedConv1d(1, 2, 4), "model"), torch.randn(1, 1, 6)),
+        "sequential": (
+            pts.Sequential1dStream(nn.Sequential(nn.Conv1d(1, 2, 3, stride=2), nn.ReLU())),
+            torch.randn(1, 1, 6),
+        ),
+        "graph": (pts.stream(model, torch.randn(1, 1, 16)), torch.randn(1, 1, 6)),
+        "step": (pts.StepStream(step), torch.randn(1, 1, 6)),
+    }
+
+
+@pytest.mark.parametrize("face", ["module", "sequential", "graph", "step"])
+def test_a_state_of_meta_tensors_or_non_tensors_is_refused_by_name(face: str) -> None:
+    stream, x = _streams_with_state()[face]
+    with torch.no_grad():
+        stream(x)
+        state = stream.get_state()
+        key = next(k for k, v in state.items() if v.is_floating_point())
+        with pytest.raises(pts.StreamError, match=rf"'{key}' is a tensor on the meta device"):
+            stream.set_state({**state, key: state[key].to("meta")})
+        with pytest.raises(pts.StreamError, match=rf"'{key}' must be a tensor, not a list"):
+            stream.set_state({**state, key: state[key].tolist()})  # type: ignore[dict-item]
+        with pytest.raises(pts.StreamError, match="dict of names to tensors"):
+            stream.set_state([1, 2])  # type: ignore[arg-type]
+        stream.set_state(state)
+
+
+def test_restart_flags_on_the_meta_device_are_refused() -> None:
+    model = nn.Sequential(pts.PaddedConv1d(1, 2, 3)).eval()
+    step, _ = pts.streaming_transform(model, torch.randn(2, 1, 8), -1)
+    with pytest.raises(pts.StreamInputError, match="meta device"):
+        step.restart_rows(torch.ones(2, dtype=torch.bool, device="meta"))
+    with pytest.raises(pts.StreamError, match="meta device"):
+        step.restore({k: v.to("meta") for k, v in step.snapshot().items()})

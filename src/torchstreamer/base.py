@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import torch
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 
 from torchstreamer.errors import StreamError, StreamInputError
 
-__all__ = ["BaseStream", "Stateful"]
+__all__ = ["BaseStream", "Stateful", "check_state_values"]
 
 
 class Stateful(nn.Module):
@@ -156,6 +157,7 @@ class BaseStream(Stateful):
                 buffer's shape or a counter does not fit the stream (checked by each module's
                 ``_check_state``). Nothing is written then: the state stays as it was.
         """
+        check_state_values(state)
         own = self.get_state()
         missing = sorted(set(own) - set(state))
         extra = sorted(set(state) - set(own))
@@ -206,6 +208,25 @@ class BaseStream(Stateful):
                 setattr(module, name, value.tolist())
             else:
                 setattr(module, name, value.detach().clone())
+
+
+def check_state_values(state: Any) -> None:
+    """Refuse, before anything is written, a state that is not a mapping of names to tensors
+    with values (a tensor on the meta device has a shape but no values)."""
+    if not isinstance(state, Mapping):
+        raise StreamError(
+            f"A state is a dict of names to tensors (what get_state() returns), not a "
+            f"{type(state).__name__}."
+        )
+    for key, value in state.items():
+        if not isinstance(value, Tensor):
+            raise StreamError(f"State '{key}' must be a tensor, not a {type(value).__name__}.")
+        if value.is_meta:
+            raise StreamError(
+                f"State '{key}' is a tensor on the meta device, which has a shape but no "
+                "values; restore the tensors that get_state() returned (load a saved state "
+                "with torch.load(path, map_location='cpu'))."
+            )
 
 
 def _int_names(stream: nn.Module) -> set[str]:

@@ -198,3 +198,21 @@ def test_pools_of_two_outputs_and_of_time_major_signals() -> None:
     y = torch.cat([first[a], pool.feed({a: x[:, 4:]})[a]], 1)
     torch.testing.assert_close(y, time_major(x).detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(first[b], time_major(z).detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_slot_numbers_of_any_integer_type_and_bad_slot_counts() -> None:
+    np = pytest.importorskip("numpy")
+    model = nn.Sequential(pts.PaddedConv1d(1, 2, 3)).eval()
+    for slots in (2.5, 0, True, "2"):
+        with pytest.raises(pts.StreamError, match="whole number of slots"):
+            pts.StreamPool(model, torch.randn(1, 1, 16), slots=slots)  # type: ignore[arg-type]
+    pool = pts.StreamPool(model, torch.randn(1, 1, 16), slots=np.int64(2))
+    a = pool.open()
+    x = torch.randn(1, 1, 9)
+    first = pool.feed({np.int64(a): x[..., :4]})[a]
+    with pytest.raises(pts.StreamInputError, match=r"whole number that open\(\) returned"):
+        pool.feed({1.0: x[..., 4:]})  # type: ignore[dict-item]
+    rest = pool.feed({torch.tensor(a): x[..., 4:]})[a]
+    assert_matches(torch.cat([first, rest], -1), model(x).detach())
+    pool.close(np.int32(a))
+    assert pool.free == 2

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 import torch
 from torch import Tensor, fx, nn
 
-from torchstreamer.base import BaseStream, Stateful, state_int
+from torchstreamer.base import BaseStream, Stateful, check_state_values, state_int
 from torchstreamer.errors import NotStreamableError, StreamError, StreamInputError
 from torchstreamer.generated import Source
 from torchstreamer.graph.analysis import refuse, time_axis, time_length
@@ -645,6 +645,7 @@ class GraphStream(BaseStream):
         Raises:
             StreamError: the state does not fit this stream.
         """
+        check_state_values(state)
         if not self._uses_engine():
             super().set_state(state)
             return

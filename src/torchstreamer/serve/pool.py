@@ -13,6 +13,8 @@ own :func:`torchstreamer.stream`, run one after the other (``pool.batched`` is `
 from __future__ import annotations
 
 import copy
+import numbers
+import operator
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
@@ -53,8 +55,9 @@ class StreamPool(nn.Module):
 
     def __init__(self, model: nn.Module, example: Tensor, slots: int, axis: int = -1) -> None:
         super().__init__()
-        if slots < 1:
-            raise StreamError(f"A pool needs at least one slot, not {slots}.")
+        if isinstance(slots, bool) or not isinstance(slots, numbers.Integral) or slots < 1:
+            raise StreamError(f"A pool needs a whole number of slots, at least one, not {slots!r}.")
+        slots = int(slots)
         if example.dim() < 2 or example.shape[0] != 1:
             raise StreamInputError(
                 "The example of a pool is one signal: a tensor whose first (batch) axis has "
@@ -145,7 +148,7 @@ class StreamPool(nn.Module):
         """End the signal in ``slot`` and free it. Returns what the end of the signal still
         determines (right padding, for an unbatched pool), or ``None``: a batched pool's step
         model drops samples short of a frame, as the offline model does."""
-        self._check_open(slot)
+        slot = self._check_open(slot)
         self._open[slot] = False
         if self.step is not None:
             self._filled[slot] = 0
@@ -160,8 +163,12 @@ class StreamPool(nn.Module):
         """Stream one block into each slot named in ``blocks`` (any subset of the open slots,
         blocks of any length, 0 included); return each slot's completed outputs, or ``None``.
         Slots not named keep their state. A bad block raises before any slot changes."""
+        if not isinstance(blocks, Mapping):
+            raise StreamInputError(
+                f"feed() takes a dict of slot numbers to blocks, not a {type(blocks).__name__}."
+            )
+        blocks = {self._check_open(slot): block for slot, block in blocks.items()}
         for slot, block in blocks.items():
-            self._check_open(slot)
             self._check_block(slot, block)
         if self.step is None:
             return {slot: self._own(slot)(block) for slot, block in blocks.items()}
@@ -234,12 +241,23 @@ class StreamPool(nn.Module):
         shape[self.axis] = length
         return torch.zeros(shape, dtype=self._dtype, device=self._device)
 
-    def _check_open(self, slot: int) -> None:
-        if not isinstance(slot, int) or not 0 <= slot < self.slots or not self._open[slot]:
+    def _check_open(self, slot: Any) -> int:
+        """``slot`` as an ``int`` (any integer type), if it is open."""
+        try:
+            number = operator.index(slot)
+        except TypeError:
+            number = None
+        if number is None or isinstance(slot, bool) or getattr(slot, "dtype", None) == torch.bool:
             raise StreamInputError(
-                f"Slot {slot!r} is not open in this pool of {self.slots} slots; open() gives "
+                f"A slot is the whole number that open() returned, not {slot!r} "
+                f"({type(slot).__name__})."
+            )
+        if not 0 <= number < self.slots or not self._open[number]:
+            raise StreamInputError(
+                f"Slot {number} is not open in this pool of {self.slots} slots; open() gives "
                 "a slot for each new signal."
             )
+        return number
 
     def _check_block(self, slot: int, block: Tensor) -> None:
         shape = self._row_shape

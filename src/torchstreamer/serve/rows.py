@@ -102,6 +102,11 @@ class RowLayout:
         """``flags`` as a bool tensor of one value per row, or a clear error."""
         if not isinstance(flags, Tensor):
             flags = torch.as_tensor(flags)
+        if flags.is_meta:
+            raise StreamInputError(
+                f"'{what}' is a tensor on the meta device, which has no values; pass the flags "
+                "as a bool tensor on the CPU or the model's device."
+            )
         if flags.dim() != 1 or flags.shape[0] != self.rows:
             raise StreamInputError(
                 f"'{what}' must hold one flag per row: a bool tensor shaped [{self.rows}], "

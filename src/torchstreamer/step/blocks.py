@@ -7,7 +7,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from torchstreamer.base import BaseStream
+from torchstreamer.base import BaseStream, check_state_values
 from torchstreamer.errors import NotStreamableError, StreamError, StreamInputError
 from torchstreamer.step.transform import StepModel
 
@@ -232,6 +232,7 @@ class StepStream(BaseStream):
         Raises:
             StreamError: the state does not fit this stream.
         """
+        check_state_values(state)
         own = {"_pending", "_filled"} | {f"step.{n}" for n in self.step.state_names}
         if any(self._skips):
             own.add("_dropping")

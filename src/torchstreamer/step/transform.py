@@ -8,6 +8,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, fx, nn
 
+from torchstreamer.base import check_state_values
 from torchstreamer.errors import StreamError, StreamInputError
 from torchstreamer.serve.rows import RowLayout
 from torchstreamer.step.codegen import compile_graph
@@ -250,6 +251,7 @@ class StepModel(nn.Module):
         Raises:
             StreamError: names, shapes or dtypes do not match this step model's state.
         """
+        check_state_values(snapshot)
         missing = sorted(set(self.state_names) - set(snapshot))
         extra = sorted(set(snapshot) - set(self.state_names))
         if missing or extra:

@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import Tensor, nn
 
-from torchstreamer.base import BaseStream, check_block, state_int
+from torchstreamer.base import BaseStream, check_block, check_state_values, state_int
 from torchstreamer.errors import NotStreamableError, StreamError, StreamInputError
 from torchstreamer.streams.conv import check_padding_choice
 from torchstreamer.streams.elementwise import Elementwise1dStream, elementwise_verdict
@@ -349,6 +349,7 @@ class Sequential1dStream(BaseStream):
     @torch.jit.unused
     def set_state(self, state: dict[str, Tensor]) -> None:
         """See :meth:`BaseStream.set_state`: nothing changes when the state does not fit."""
+        check_state_values(state)
         if not self._on_engine:
             super().set_state(state)
             return

@@ -58,3 +58,9 @@ def test_every_public_name_has_a_docstring() -> None:
         name for name, value in public_objects() if not (inspect.getdoc(value) or "").strip()
     ]
     assert not missing, f"public names without a docstring: {missing}"
+
+
+def test_the_api_reference_has_every_public_name() -> None:
+    reference = (ROOT / "docs" / "api.md").read_text()
+    documented = set(re.findall(r"^::: torchstreamer\.(\w+)$", reference, re.M))
+    assert set(pts.__all__) - documented == set()

@@ -144,3 +144,19 @@ def test_make_test_installs_the_test_extras_at_the_pins_and_the_0_0_2_sdist(
         "pip download" in line and "--no-binary :all: torch-streamer==0.0.2" in line
         for line in lines
     ), lines
+
+
+def test_the_readme_quickstart_and_makefile_name_every_extra() -> None:
+    extras = set(_extras())
+    readme = (ROOT / "README.md").read_text()
+    listed = re.search(r"any of the extras\n?(.*?)\)", readme, re.S)
+    assert listed is not None
+    assert set(re.findall(r"`(\w+)`", listed.group(1))) == extras
+    quickstart = (ROOT / "docs" / "quickstart.md").read_text()
+    named = re.search(r"# from a clone; extras: ([\w, ]+)", quickstart)
+    assert named is not None
+    assert {e.strip() for e in named.group(1).split(",")} == extras
+    makefile = (ROOT / "Makefile").read_text()
+    tested = re.search(r'-e "\.\[([\w,]+)\]"\n\t\$\(PIP\) --no-deps -r \$\(REAL\)', makefile)
+    assert tested is not None
+    assert set(tested.group(1).split(",")) == extras - {"docs"}  # make docs installs that one

@@ -28,7 +28,7 @@ def test_the_demo_command_prints_the_verification(
     assert main(["--seconds", "0.3", "--picture", str(tmp_path / "d.png")]) == 0
     out = capsys.readouterr().out
     assert "verified against offline" in out
-    assert "(exact" in out
+    assert "(exact: the tolerance is 1e-05 of the largest output" in out
     assert "latency: 319 samples (19.9 ms)" in out
 
 
@@ -59,4 +59,14 @@ def test_the_picture_explains_streaming(tmp_path: Path, monkeypatch: pytest.Monk
     boundaries = [line for line in zoom.lines if line.get_linestyle() == "--"]
     assert [line.get_xdata()[0] for line in boundaries[:3]] == [0.0, 10.0, 20.0]  # ms
     assert any(t.get_text() == "latency: 319 samples (19.9 ms)" for t in timeline.texts)
+    assert "an output frame is one output time step, made every 160 input samples" in (
+        timeline.get_title()
+    )
+    dots = [line for line in timeline.lines if line.get_marker() == "o"]
+    assert max(float(d.get_xdata()[0]) for d in dots) < timeline.get_xlim()[1]  # none clipped
+    for axis in panels[1:4]:  # the bands are named by their centre frequency
+        assert axis.get_ylabel() == "band centre (Hz)"
+        labels = [int(t.get_text()) for t in axis.get_yticklabels()]
+        assert labels == sorted(labels)
+        assert 80 <= labels[0] < labels[-1] <= 7000
     close(figure)

@@ -29,7 +29,12 @@ from torch import Tensor
 from torchstreamer.examples import DEFAULT_EXAMPLE, load_example
 from torchstreamer.graph.stream import stream
 
-__all__ = ["DemoResult", "demo_signal", "main", "run_demo"]
+__all__ = ["RELATIVE_TOLERANCE", "DemoResult", "demo_signal", "main", "run_demo"]
+
+# float32 rounding, relative to the largest output: the README's tolerance. The stream adds
+# the same products in another order (blocks instead of the whole signal), so its values
+# differ from the offline ones by a few float32 roundings of the largest value, not of each.
+RELATIVE_TOLERANCE = 1e-5
 
 
 @dataclass
@@ -39,7 +44,7 @@ class DemoResult:
     example: str
     samples: int
     max_error: float
-    tolerance: float
+    tolerance: float  # absolute: RELATIVE_TOLERANCE times the largest offline output (or 1)
     latency_samples: int
     receptive_field: Optional[int]  # None: unbounded (after a recurrent layer)
     real_time_factor: float
@@ -50,6 +55,15 @@ class DemoResult:
     @property
     def exact(self) -> bool:
         return self.max_error <= self.tolerance
+
+    @property
+    def scale(self) -> float:
+        """What the error is relative to: the largest offline output's magnitude (at least 1)."""
+        return self.tolerance / RELATIVE_TOLERANCE
+
+    @property
+    def relative_error(self) -> float:
+        return self.max_error / self.scale
 
 
 def demo_signal(seconds: float, sample_rate: int = 16000) -> Tensor:
@@ -99,7 +113,7 @@ def run_demo(
         streamed = torch.cat(outputs, -1)
         offline = model(x)
     max_error = float((streamed - offline).abs().max())
-    tolerance = 1e-5 * max(1.0, float(offline.abs().max()))
+    tolerance = RELATIVE_TOLERANCE * max(1.0, float(offline.abs().max()))
     duration = x.shape[-1] / rate
     result = DemoResult(
         example_name, x.shape[-1], max_error, tolerance, s.latency, s.receptive_field,
@@ -108,7 +122,8 @@ def run_demo(
     )  # fmt: skip
     if picture is not None:
         timing = _Timing(rate, block, s.latency, s.rate, returned)
-        result.picture = _draw(x, streamed, offline, example_name, picture, timing)
+        bands = getattr(model, "centres", None)  # the filter bank's centre frequencies (Hz)
+        result.picture = _draw(x, streamed, offline, example_name, picture, timing, bands)
     if echo:
         _print(result, block, rate)
     return result
@@ -118,8 +133,10 @@ def _print(result: DemoResult, block: int, rate: int) -> None:
     ms = 1000 / rate
     verdict = "exact" if result.exact else "MISMATCH"
     print(f"torch-streamer demo: '{result.example}', {result.samples} samples in blocks of {block}")
-    print(f"  verified against offline: max |streamed - offline| = {result.max_error:.2e} "
-          f"({verdict}, tolerance {result.tolerance:.1e})")  # fmt: skip
+    print(f"  verified against offline: max |streamed - offline| = {result.max_error:.2e} on "
+          f"outputs up to {result.scale:.3g} in magnitude, {result.relative_error:.1e} of it "
+          f"({verdict}: the tolerance is {RELATIVE_TOLERANCE:g} of the largest output, "
+          "float32 rounding)")  # fmt: skip
     field = result.receptive_field
     print(f"  latency: {result.latency_samples} samples ({result.latency_samples * ms:.1f} ms); "
           "receptive field " + ("unbounded" if field is None else
@@ -143,7 +160,13 @@ class _Timing:
 
 
 def _draw(
-    x: Tensor, streamed: Tensor, offline: Tensor, name: str, path: Path, timing: _Timing
+    x: Tensor,
+    streamed: Tensor,
+    offline: Tensor,
+    name: str,
+    path: Path,
+    timing: _Timing,
+    bands: Optional[Tensor] = None,
 ) -> Optional[Path]:
     """The input, the offline and the streamed output and their difference on one time axis
     (seconds), then the first blocks in milliseconds: block boundaries, when each output was
@@ -175,11 +198,14 @@ def _draw(
             "0 everywhere, the streamed output equals the offline one" if float(error.max()) == 0
             else f"at most {float(error.max()):.1e}"), "absolute difference"),
     ]  # fmt: skip
-    rows_name = "band (low to high)" if name == "filterbank" else "channel"
+    rows_name = "band centre (Hz)" if bands is not None else "channel"
     output_seconds = float(streamed.shape[-1] / timing.rate / rate) if timing.rate else seconds
     for axis, value, title, label in rows:
         _curve(axis, value.detach().float(), output_seconds, label, figure, channels=rows_name)
         axis.set_title(title, fontsize=10)
+        if bands is not None:
+            ticks = list(range(0, len(bands), max(1, len(bands) // 6)))
+            axis.set_yticks(ticks, [f"{float(bands[k]):.0f}" for k in ticks])
     for axis in axes[:4]:
         axis.set_xlim(0, seconds)
         axis.set_xlabel("time (s)")
@@ -221,7 +247,7 @@ def _draw_blocks(above: Any, below: Any, signal: Tensor, timing: _Timing) -> Non
     for axis in (above, below):
         for start in range(0, end + 1, timing.block):
             axis.axvline(start * ms, color="0.6", linewidth=0.8, linestyle="--")
-        axis.set_xlim(0, end * ms)
+        axis.set_xlim(0, end * ms * 1.02)  # room for the dot of an output the last block returns
         axis.set_xlabel("time (ms)")
     for number, start in enumerate(range(0, end, timing.block)):
         above.text((start + timing.block / 2) * ms, 1.02, f"block {number + 1}", fontsize=8,
@@ -257,10 +283,16 @@ def _draw_blocks(above: Any, below: Any, signal: Tensor, timing: _Timing) -> Non
     below.set_ylim(len(shown) - 0.5, -0.8)
     below.set_yticks(range(len(shown)), [str(k) for k in shown])
     below.set_ylabel("output sample" if step == 1 else "output frame")
+    frames = (
+        ""
+        if step == 1
+        else f"; an output frame is one output time step, made every {step} input samples"
+    )
     below.set_title(
         "each output: | the time it refers to, red bar: the latency until its last input, "
-        "o: the call that returned it (end of a block)",
+        f"o: the call that returned it (end of a block){frames}",
         fontsize=10,
+        wrap=True,
     )
 
 

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import sys
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,3 +197,79 @@ def test_a_normal_saved_program_loads_without_trust(
 ) -> None:
     assert main(["verify", str(saved(tmp_path)), "--signals", "1"]) == 0
     assert "good: exact" in capsys.readouterr().out
+
+
+def spaces(size: int) -> Iterator[bytes]:
+    """``size`` bytes of spaces, a mebibyte at a time."""
+    chunk = b" " * (1 << 20)
+    for start in range(0, size, len(chunk)):
+        yield chunk[: size - start]
+
+
+def test_a_version_field_with_200_mib_of_spaces_is_refused_before_it_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = saved(tmp_path)
+    path = tmp_path / "bomb.pt2"  # "0" and 200 MiB of spaces, deflated to about 200 KB
+    with zipfile.ZipFile(good) as old, zipfile.ZipFile(path, "w") as new:
+        for name in old.namelist():
+            if not name.endswith("/archive_version"):
+                new.writestr(name, old.read(name))
+                continue
+            info = zipfile.ZipInfo(name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with new.open(info, "w", force_zip64=True) as member:
+                member.write(b"0")
+                for chunk in spaces(200 << 20):
+                    member.write(chunk)
+    assert path.stat().st_size < 1 << 20
+    began = time.perf_counter()
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert time.perf_counter() - began < 5
+    assert err.count("\n") == 1
+    assert "its members unpack to 2097" in err
+    assert "as a zip bomb does" in err
+    # short of a zip bomb: each field is bounded, and must be what torch.export.save writes
+    for version, expected in [
+        (b"0" + b" " * 100, "its archive_version holds 101 bytes, more than the 16"),
+        (b"0\n", "it has no archive version '0' of this torch version"),
+        (b"\xff", "it has no archive version '0' of this torch version"),
+    ]:
+        rewrite(good, path, lambda name, data, v=version: v if name == "archive_version" else data)
+        assert main(["inspect", str(path)]) == 2
+        assert expected in capsys.readouterr().err
+    rewrite(good, path, lambda name, data: b"6" * 20 if name == ".data/version" else data)
+    assert main(["inspect", str(path)]) == 2
+    assert "its .data/version holds 20 bytes, more than the 16" in capsys.readouterr().err
+
+
+def test_documents_over_the_read_limit_are_refused_before_they_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torchstreamer.cli import archive
+
+    good = saved(tmp_path)
+    size = zipfile.ZipFile(good).getinfo("good/models/model.json").file_size
+    opened: list[str] = []
+    open_member = zipfile.ZipFile.open
+
+    def logged(self: zipfile.ZipFile, info: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(getattr(info, "filename", info))
+        return open_member(self, info, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", logged)
+    monkeypatch.setattr(archive, "READ_LIMIT", size - 1)
+    assert main(["inspect", str(good)]) == 2
+    err = capsys.readouterr().err
+    assert f"its models/model.json holds {size} bytes, more than the {size - 1}" in err
+    assert "--trust-file loads the file unchecked" in err
+    assert opened
+    assert not any(name.endswith("model.json") for name in opened)
+    monkeypatch.setattr(archive, "READ_LIMIT", 1 << 20)
+    deep = b"[" * 100_000  # json.loads raises RecursionError
+    bad = rewrite(
+        good, tmp_path / "deep.pt2", lambda n, data: deep if n.startswith("models/") else data
+    )
+    assert main(["inspect", str(bad)]) == 2
+    assert "its models/model.json is not JSON" in capsys.readouterr().err

@@ -175,7 +175,7 @@ def test_run_feeds_all_channels_to_a_multichannel_model(user_module: str, tmp_pa
     x = torch.from_numpy(soundfile.read(str(tmp_path / "in.flac"), dtype="float32")[0].T.copy())
     model = sys.modules[user_module].causal_with_example()[0]
     expected = model(x.unsqueeze(0))[0].detach().numpy().T
-    np.testing.assert_allclose(data, expected, atol=1e-4)  # WAV output is 16-bit
+    np.testing.assert_allclose(data, expected, atol=1e-6)  # WAV output is 32-bit float
 
 
 @pytest.mark.parametrize(
@@ -254,6 +254,107 @@ def test_run_with_a_batched_example_and_bad_output_names(
     assert "use an audio file name" in capsys.readouterr().err
     assert main(["run", "batched_models:make", source, str(tmp_path / "no" / "o.wav")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_run_writes_values_outside_minus_one_to_one_as_float(tmp_path: Path) -> None:
+    soundfile = pytest.importorskip("soundfile")
+    write_wav(tmp_path / "speech.wav")  # the README's example: energies in dB
+    arguments = ["run", "--example", "filterbank", str(tmp_path / "speech.wav")]
+    assert main([*arguments, str(tmp_path / "energies.wav"), "--block", "160"]) == 0
+    assert soundfile.info(str(tmp_path / "energies.wav")).subtype == "FLOAT"
+    data, _ = soundfile.read(str(tmp_path / "energies.wav"), dtype="float32", always_2d=True)
+    from torchstreamer.examples import load_example
+
+    x = torch.from_numpy(soundfile.read(str(tmp_path / "speech.wav"), dtype="float32")[0])
+    with torch.no_grad():
+        expected = load_example("filterbank").model(x.reshape(1, 1, -1))[0].numpy().T
+    assert data.min() < -20  # not clipped to -1
+    np.testing.assert_allclose(data, expected[: len(data)], rtol=1e-5, atol=1e-4)
+
+
+LEVELS_MODULE = """
+import torch
+from torch import nn
+
+
+def levels():  # ten channels in [-0.3, 0.3]
+    model = nn.Conv1d(1, 10, 1, bias=False)
+    model.weight.data = torch.linspace(0, 1, 10).reshape(10, 1, 1)
+    return model.eval(), torch.randn(1, 1, 64)
+"""
+
+
+def test_run_refuses_output_that_its_format_would_clip_or_cannot_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    soundfile = pytest.importorskip("soundfile")
+    (tmp_path / "levels_models.py").write_text(LEVELS_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write_wav(tmp_path / "in.wav")
+    source = str(tmp_path / "in.wav")
+    filterbank = ["run", "--example", "filterbank", source, "--block", "160"]
+    assert main([*filterbank, str(tmp_path / "out.flac")]) == 1  # FLAC has no float
+    err = capsys.readouterr().err
+    assert "outside the [-1, 1] that PCM_16 in" in err
+    assert "nothing was written. To keep the values, name the output .wav instead" in err
+    assert main([*filterbank, str(tmp_path / "out.wav"), "--subtype", "PCM_16"]) == 1
+    assert "leave out --subtype" in capsys.readouterr().err
+    assert not (tmp_path / "out.flac").exists()
+    assert not (tmp_path / "out.wav").exists()
+    arguments = ["run", "levels_models:levels", source]
+    assert main([*arguments, str(tmp_path / "levels.wav"), "--subtype", "pcm_24"]) == 0
+    assert soundfile.info(str(tmp_path / "levels.wav")).subtype == "PCM_24"
+    assert main([*arguments, str(tmp_path / "levels.flac")]) == 2  # FLAC holds 8 channels
+    assert "Cannot write 10 channels at 16000 Hz to" in capsys.readouterr().err
+    assert not (tmp_path / "levels.flac").exists()
+    sys.modules.pop("levels_models", None)
+
+
+@pytest.mark.parametrize(
+    ("output", "options", "expected"),
+    [
+        ("out.xyz", [], "the extensions soundfile writes are .aiff, .au,"),
+        ("out", [], "use an audio file name such as out.wav or out.flac"),
+        ("out.flac", ["--subtype", "FLOAT"], "A .flac file has no subtype FLOAT; pass --subtype"),
+    ],
+)
+def test_run_checks_the_output_name_before_any_work(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    output: str,
+    options: list[str],
+    expected: str,
+) -> None:
+    import torchstreamer.cli
+
+    write_wav(tmp_path / "in.wav")
+
+    def load_model(*args: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(torchstreamer.cli, "load_model", load_model)
+    arguments = ["run", "--example", "filterbank", str(tmp_path / "in.wav")]
+    assert main([*arguments, str(tmp_path / output), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert expected in err
+    assert not (tmp_path / output).exists()
+
+
+def test_run_checks_that_the_format_holds_the_output_rate_before_streaming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torchstreamer.cli import run
+
+    write_wav(tmp_path / "in.wav")
+    monkeypatch.setattr(run, "progress", lambda *args: pytest.fail("it streamed"))
+    arguments = ["run", "--example", "filterbank", str(tmp_path / "in.wav")]
+    assert main([*arguments, str(tmp_path / "out.mp3")]) == 2  # 100 Hz
+    err = capsys.readouterr().err
+    assert "Cannot write audio at 100 Hz to" in err
+    assert "only supports sample rates of 8000" in err
+    assert not (tmp_path / "out.mp3").exists()
 
 
 def test_inspect_and_bench_a_torch_export_file(

@@ -130,6 +130,11 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     run.add_argument("output", type=Path, metavar="OUT")
     run.add_argument("--block", type=_positive, default=512, help="frames per call (default 512)")
     run.add_argument("--sample-rate", type=_positive, help="the rate the model expects, in Hz")
+    run.add_argument(
+        "--subtype", metavar="NAME",
+        help="the output's sample format, such as PCM_16 (default: FLOAT where the format has "
+        "it); one that holds only [-1, 1] refuses output outside it",
+    )  # fmt: skip
     triton.add_argument("directory", type=Path, metavar="DIR", help="the model repository")
     triton.add_argument("--name", help="the model's name in the repository (default: MODEL's)")
     triton.add_argument(
@@ -179,8 +184,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = _parse(list(argv))
     prefix = f"torchstreamer {args.command}"
     try:
-        if args.command == "run" and args.model is None and args.example is None:
-            raise CliError(f"No model given. {USAGE}.")
+        if args.command == "run":
+            if args.model is None and args.example is None:
+                raise CliError(f"No model given. {USAGE}.")
+            from torchstreamer.cli.run import output_format
+
+            output_format(args.output, args.subtype)  # a bad OUT fails before any work
         if args.command == "bench" and args.plot is not None:
             _check_matplotlib()
         with reporting(prefix):
@@ -214,7 +223,9 @@ def _dispatch(args: argparse.Namespace, loaded: LoadedModel, began: float) -> in
         return _export_triton(args, loaded)
     from torchstreamer.cli.run import run_file
 
-    return run_file(loaded, args.input, args.output, args.block, args.sample_rate, began)
+    return run_file(
+        loaded, args.input, args.output, args.block, args.sample_rate, began, args.subtype
+    )
 
 
 def _export_triton(args: argparse.Namespace, loaded: LoadedModel) -> int:

@@ -7,7 +7,11 @@ shared libraries, falls back to an older format that unpickles everything, evalu
 symbolic shape expressions of the graph with ``sympy.sympify`` (which calls ``eval``), and
 resolves graph targets to any callable under ``torch``. :func:`check_archive` reads the zip
 archive with :mod:`zipfile` and :mod:`json`, loads the example inputs with ``weights_only=True``,
-and refuses an archive that needs any of that, unless the user trusts the file.
+and refuses an archive that needs any of that, unless the user trusts the file. It reads a
+member only when the zip directory gives it a size under a bound (:data:`FIELD_LIMIT` for the
+format and version fields, which must be exactly what ``torch.export.save`` writes;
+:data:`READ_LIMIT` for the JSON documents and the example inputs), and refuses an archive whose
+members unpack to more than :data:`UNPACK_RATIO` times its size on disk (a zip bomb).
 
 Example:
     >>> import tempfile, torch
@@ -29,17 +33,21 @@ import json
 import math
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 __all__ = ["NotAnArchiveError", "UnsafeArchiveError", "check_archive"]
 
 # the layout of torch.export.save (torch/csrc/export/pt2_archive_constants.h, torch 2.13)
+_FORMAT_PATH = "archive_format"
+_FORMAT_VALUE = "pt2"
 _VERSION_PATH = "archive_version"
 _VERSION_VALUE = "0"
+_ZIP_VERSION_PATH = ".data/version"
 _AOTINDUCTOR_DIR = "data/aotinductor/"
 _MODELS_DIR = "models/"
 _WEIGHTS_CONFIG = "data/weights/{}_weights_config.json"
@@ -55,6 +63,12 @@ _OPERATORS = {
     "rshift",
 }  # fmt: skip
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+
+# bounds on what the check reads (sizes from the zip directory, checked before reading)
+FIELD_LIMIT = 16  # bytes of archive_format, archive_version or .data/version
+READ_LIMIT = 64 << 20  # bytes of a JSON document or of the example inputs
+UNPACK_RATIO = 100  # the members' declared sizes over the size on disk (a zip bomb's is ~1000)
+UNPACK_SLACK = 1 << 20  # bytes that a small archive may unpack to beyond that ratio
 
 
 class UnsafeArchiveError(Exception):
@@ -74,24 +88,38 @@ def check_archive(path: Path) -> None:
     """
     if not zipfile.is_zipfile(path):
         raise NotAnArchiveError("it is not a zip archive")
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise NotAnArchiveError(f"it is a damaged zip archive ({error})") from error
+    with archive:
+        infos = archive.infolist()
+        names = [info.filename for info in infos]
         roots = {name.split("/", 1)[0] for name in names}
         if len(roots) != 1 or any("/" not in name for name in names):
             raise UnsafeArchiveError(
                 "it is not in the layout of torch.export.save of this torch version (older "
                 "layouts are loaded with pickle)"
             )
+        _check_unpacked_size(infos, path.stat().st_size)
         root = roots.pop() + "/"
-        files = {name[len(root) :]: name for name in names}
+        files = {info.filename[len(root) :]: info for info in infos}
 
         def read(name: str) -> bytes:
-            return archive.read(files[name])
+            return _read(archive, files[name], name, READ_LIMIT)
 
-        if _VERSION_PATH not in files or read(_VERSION_PATH).decode().strip() != _VERSION_VALUE:
+        def field(name: str) -> Optional[bytes]:
+            return _read(archive, files[name], name, FIELD_LIMIT) if name in files else None
+
+        if field(_FORMAT_PATH) != _FORMAT_VALUE.encode():
+            raise NotAnArchiveError(f"its {_FORMAT_PATH} is not {_FORMAT_VALUE!r}")
+        zip_version = field(_ZIP_VERSION_PATH)
+        if zip_version is not None and not re.fullmatch(rb"[0-9]{1,8}\n?", zip_version):
+            raise NotAnArchiveError(f"its {_ZIP_VERSION_PATH} is not a version number")
+        if field(_VERSION_PATH) != _VERSION_VALUE.encode():
             raise UnsafeArchiveError(
-                "it has no archive version of this torch version (older layouts are loaded "
-                "with pickle)"
+                f"it has no archive version {_VERSION_VALUE!r} of this torch version (older "
+                "layouts are loaded with pickle)"
             )
         if any(name.startswith(_AOTINDUCTOR_DIR) for name in files):
             raise UnsafeArchiveError("it holds AOTInductor compiled code, which loading runs")
@@ -143,6 +171,34 @@ def check_archive(path: Path) -> None:
                     )
 
 
+def _check_unpacked_size(infos: list[zipfile.ZipInfo], packed: int) -> None:
+    """Refuse a zip bomb: members that declare far more bytes than the file holds."""
+    unpacked = sum(info.file_size for info in infos)
+    if unpacked > UNPACK_RATIO * packed + UNPACK_SLACK:
+        raise NotAnArchiveError(
+            f"its members unpack to {unpacked} bytes from {packed} bytes on disk, more than "
+            f"{UNPACK_RATIO} to 1, as a zip bomb does"
+        )
+
+
+def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, limit: int) -> bytes:
+    """A member's bytes, refused before reading when the zip directory gives it more than
+    ``limit`` bytes (and never more than that read)."""
+    if info.file_size > limit:
+        raise NotAnArchiveError(
+            f"its {name} holds {info.file_size} bytes, more than the {limit} that this check "
+            "reads (--trust-file loads the file unchecked)"
+        )
+    try:
+        with archive.open(info) as member:
+            data = member.read(limit + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as error:
+        raise NotAnArchiveError(f"its {name} does not unpack ({error})") from error
+    if len(data) > limit:  # zipfile stops at the declared size: only a bug of it gets here
+        raise NotAnArchiveError(f"its {name} holds more than the {limit} bytes it declares")
+    return data
+
+
 def _unpickler_reason(error: Exception) -> str:
     """The one useful line of torch.load's refusal."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
@@ -156,7 +212,7 @@ def _json(read: Any, files: dict[str, str], name: str) -> Any:
         raise NotAnArchiveError(f"it has no {name}")
     try:
         return json.loads(read(name))
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: nested too deeply
         raise NotAnArchiveError(f"its {name} is not JSON") from error
 
 

@@ -1,9 +1,15 @@
 """``torchstreamer run MODEL IN OUT --block N``: stream an audio file through the model block by
-block and write the output (WAV/FLAC through ``soundfile``, the ``audio`` extra)."""
+block and write the output (WAV/FLAC through ``soundfile``, the ``audio`` extra).
+
+The output is written as 32-bit float where its format can hold it (WAV, AIFF, CAF, W64, RF64,
+AU, ...), so values outside [-1, 1], such as the energies in dB of the ``filterbank`` example,
+come out as they are. Formats without a float subtype (FLAC, OGG, MP3, ...) and a PCM
+``--subtype`` hold [-1, 1]: output outside it is refused, and nothing is written."""
 
 from __future__ import annotations
 
 import copy
+import io
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -16,7 +22,9 @@ from torchstreamer.cli.spec import CliError, LoadedModel
 from torchstreamer.errors import NotStreamableError
 from torchstreamer.graph.stream import stream
 
-__all__ = ["run_file"]
+__all__ = ["output_format", "run_file"]
+
+_FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 
 
 def _soundfile() -> Any:
@@ -29,6 +37,76 @@ def _soundfile() -> Any:
     return soundfile
 
 
+def output_format(target: Path, subtype: Optional[str] = None) -> tuple[str, str]:
+    """The soundfile format (from the extension) and subtype that ``target`` is written in:
+    ``subtype``, or else ``FLOAT`` where the format has it, or else the format's default.
+
+    Raises:
+        CliError: no soundfile, no such directory, an extension that is not an audio format
+            soundfile writes, or a subtype that the format does not have.
+    """
+    soundfile = _soundfile()
+    if not target.parent.is_dir():
+        raise CliError(f"Cannot write {target}: no such directory {target.parent}.")
+    formats = soundfile.available_formats()
+    extension = target.suffix.lstrip(".")
+    if extension.upper() not in formats:
+        extensions = ", ".join("." + name.lower() for name in sorted(formats))
+        raise CliError(
+            f"Cannot write {target}: use an audio file name such as out.wav or out.flac; the "
+            f"extensions soundfile writes are {extensions}."
+        )
+    file_format = extension.upper()
+    subtypes = list(soundfile.available_subtypes(file_format))
+    if subtype is None:
+        subtype = "FLOAT" if "FLOAT" in subtypes else soundfile.default_subtype(file_format)
+        return file_format, subtype or subtypes[0]
+    if subtype.upper() not in subtypes:
+        raise CliError(
+            f"A .{extension} file has no subtype {subtype}; pass --subtype as one of "
+            f"{', '.join(subtypes)}, or leave it out."
+        )
+    return file_format, subtype.upper()
+
+
+def _check_writable(
+    soundfile: Any, target: Path, file_format: str, subtype: str, rate: int, channels: int
+) -> None:
+    """Refuse a rate or channel count that the format cannot hold, before ``target`` is
+    touched (an open that fails leaves an empty file)."""
+    try:
+        soundfile.SoundFile(io.BytesIO(), "w", rate, channels, subtype, format=file_format).close()
+    except (RuntimeError, TypeError, ValueError) as error:  # LibsndfileError is a RuntimeError
+        reason = str(getattr(error, "error_string", error)).replace("Error : ", "").rstrip(".")
+        what = f"{channels} channels" if channels > 1 else "audio"
+        raise CliError(
+            f"Cannot write {what} at {rate} Hz to {target} as {file_format} {subtype} "
+            f"({reason}); name the output .wav instead."
+        ) from error
+
+
+def _check_range(
+    soundfile: Any, result: torch.Tensor, name: str, target: Path, file_format: str, subtype: str
+) -> None:
+    """Refuse output that ``subtype`` would clip (all but float hold only [-1, 1])."""
+    if subtype in _FLOAT_SUBTYPES or result.numel() == 0:
+        return
+    peak = float(result.abs().max())
+    if peak <= 1:  # NaN is not
+        return
+    remedy = (
+        "leave out --subtype (the file is then 32-bit float) or pass --subtype FLOAT"
+        if "FLOAT" in soundfile.available_subtypes(file_format)
+        else "name the output .wav instead, which is written as 32-bit float"
+    )
+    raise CliError(
+        f"The output of {name} reaches {peak:g}, outside the [-1, 1] that {subtype} in "
+        f"{target} holds, so it would be clipped; nothing was written. To keep the values, "
+        f"{remedy}.",
+        code=1,
+    )
+
+
 def run_file(
     loaded: LoadedModel,
     source: Path,
@@ -36,16 +114,20 @@ def run_file(
     block: int,
     sample_rate: Optional[int] = None,
     began: Optional[float] = None,
+    subtype: Optional[str] = None,
 ) -> int:
     """Stream ``source`` through the model in blocks of ``block`` frames; write ``target``.
 
     A model that takes as many channels as the file gets them all; a one-channel model runs
     each channel of the file as its own stream. The real-time factor is the wall time since
     ``began`` (a ``time.perf_counter()`` value: the start of the command) over the duration of
-    the audio.
+    the audio. ``target`` is written in the subtype that :func:`output_format` picks; output
+    that the subtype cannot hold is refused (see the module's docstring).
 
     Raises:
-        CliError: missing file, wrong sample rate or channel count, bad block size.
+        CliError: missing file, wrong sample rate or channel count, bad block size, an output
+            name or subtype that cannot be written (all before streaming), output outside
+            [-1, 1] for a subtype that holds only that (exit code 1, nothing written).
     """
     if began is None:
         began = time.perf_counter()
@@ -54,13 +136,7 @@ def run_file(
         raise CliError(f"--block must be at least 1, not {block}.")
     if not source.exists():
         raise CliError(f"No such file: {source}.")
-    if not target.parent.is_dir():
-        raise CliError(f"Cannot write {target}: no such directory {target.parent}.")
-    if target.suffix.lstrip(".").upper() not in soundfile.available_formats():
-        raise CliError(
-            f"Cannot write {target}: use an audio file name such as out.wav or out.flac "
-            f"(formats: {', '.join(sorted(soundfile.available_formats()))})."
-        )
+    file_format, subtype = output_format(target, subtype)
     try:
         with stage(f"reading {source.name}"):
             data, rate = soundfile.read(str(source), dtype="float32", always_2d=True)
@@ -94,6 +170,10 @@ def run_file(
             streams = [first, *(copy.deepcopy(first) for _ in inputs[1:])]
     except NotStreamableError as error:
         raise CliError(f"{loaded.name} cannot stream.\n{error}", code=1) from error
+    out_rate = Fraction(rate) * first.rate
+    if out_rate.denominator != 1:
+        raise CliError(f"The output rate {float(out_rate)} Hz is not a whole number.", code=1)
+    _check_writable(soundfile, target, file_format, subtype, int(out_rate), 1)
     outputs: list[list[torch.Tensor]] = [[] for _ in inputs]
     frames = signal.shape[-1]
     streaming = time.perf_counter()
@@ -110,11 +190,10 @@ def run_file(
     streamed = time.perf_counter() - streaming
     pieces = [torch.cat(out, -1) for out in outputs]
     result = torch.cat([p.reshape(-1, p.shape[-1]) for p in pieces], 0)  # [channels, frames]
-    out_rate = Fraction(rate) * streams[0].rate
-    if out_rate.denominator != 1:
-        raise CliError(f"The output rate {float(out_rate)} Hz is not a whole number.", code=1)
+    _check_range(soundfile, result, loaded.name, target, file_format, subtype)
+    _check_writable(soundfile, target, file_format, subtype, int(out_rate), result.shape[0])
     with stage(f"writing {target.name}"):
-        soundfile.write(str(target), result.T.numpy(), int(out_rate))
+        soundfile.write(str(target), result.T.numpy(), int(out_rate), subtype, format=file_format)
     with stage(f"measuring the latency of {loaded.name}"):
         latency = streams[0].latency
     elapsed = time.perf_counter() - began

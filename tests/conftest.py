@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import threading
+import time
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import pytest
 import torch
@@ -89,3 +91,26 @@ def fewer(examples: int) -> settings:
     if os.environ.get("HYPOTHESIS_PROFILE", "default") == "default":
         return settings(max_examples=examples)
     return settings()
+
+
+def built_at_once(build: Callable[[int], Any], count: int) -> list[Any]:
+    """``build(i)`` for ``i < count``, from ``count`` threads started together; the builds
+    must all end within 120 s (an exception comes back as the value)."""
+    barrier = threading.Barrier(count)
+    built: dict[int, Any] = {}
+
+    def work(index: int) -> None:
+        barrier.wait()
+        try:
+            built[index] = build(index)
+        except Exception as error:  # (the test names it)
+            built[index] = error
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 120
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), "a build still runs after 120 s"
+    return [built[i] for i in range(count)]

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -33,7 +34,14 @@ from torch import Tensor, nn
 
 from torchstreamer.errors import StreamError, StreamInputError
 
-__all__ = ["BaseStream", "Stateful", "check_state_values"]
+__all__ = ["ONE_BUILD_AT_A_TIME", "BaseStream", "Stateful", "check_state_values"]
+
+# Held (re-entrant) while a stream or a step model is built, from the capture to the last check
+# that runs the model: torch.export patches process-wide state while it traces (nn.Module's
+# __call__ and __getattr__, the modules it captures, with leaves swapped into them), which a
+# model run from another thread's build would go through. Builds from several threads so run
+# one after the other; streams already built run in parallel (they never take it).
+ONE_BUILD_AT_A_TIME = threading.RLock()
 
 
 class Stateful(nn.Module):

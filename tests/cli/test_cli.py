@@ -56,6 +56,15 @@ def wrong():
     return nn.Sequential(nn.Conv1d(1, 2, 3, padding=1), Doubler(), nn.Conv1d(2, 1, 1))
 
 
+def normalised():
+    return nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.LayerNorm(62)), torch.randn(1, 1, 64)
+
+
+def two_outputs():
+    torch.manual_seed(0)
+    return pts.PaddedConv1d(1, 2, 3).eval(), torch.randn(1, 1, 64)
+
+
 def not_a_module():
     return 42
 '''
@@ -118,6 +127,16 @@ def test_verify_names_the_first_diverging_layer(
     assert "first layer whose streamed output diverges: layer '1' (Doubler)" in out
 
 
+def test_verify_names_the_layer_that_normalises_over_time(
+    user_module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # torch.export's constraint error named neither the layer nor what to do
+    assert main(["verify", f"{user_module}:normalised", "--signals", "1"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Cannot stream layer '2' (LayerNorm): it normalises over time" in err
+    assert "To stream this model, normalise over channels per time step" in err
+
+
 def test_verify_a_torch_export_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = torch.nn.Sequential(pts.PaddedConv1d(2, 3, 3), torch.nn.Tanh()).eval()
     dim = torch.export.Dim("T", min=8)
@@ -161,6 +180,34 @@ def test_run_streams_a_stereo_file_channel_by_channel(
     assert rate == 100
     assert data.shape == (4000 // 160 - 1, 2 * 24)
     assert "real-time factor" in capsys.readouterr().out
+
+
+def test_run_writes_the_outputs_of_each_file_channel_together(
+    user_module: str, tmp_path: Path
+) -> None:
+    # a one-channel model with 2 output channels on a stereo file: 4 channels, those of the
+    # file's first channel first (the order the help and docs/cli.md give)
+    write_wav(tmp_path / "in.wav", channels=2)
+    arguments = ["run", f"{user_module}:two_outputs", str(tmp_path / "in.wav")]
+    assert main([*arguments, str(tmp_path / "out.wav"), "--block", "333"]) == 0
+    import soundfile
+
+    data, _ = soundfile.read(str(tmp_path / "out.wav"), always_2d=True)
+    x = torch.from_numpy(soundfile.read(str(tmp_path / "in.wav"), dtype="float32")[0].T.copy())
+    model = sys.modules[user_module].two_outputs()[0]
+    with torch.no_grad():
+        expected = torch.cat([model(x[c].reshape(1, 1, -1))[0] for c in range(2)], 0)
+    np.testing.assert_allclose(data, expected.numpy().T, atol=1e-4)  # WAV output is 16-bit
+
+
+def test_run_help_gives_the_order_of_the_output_channels(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "a one-channel model streams each channel of the file on its own" in out
+    assert "those of the file's first channel, then those of its second, and so on" in out
 
 
 def test_run_feeds_all_channels_to_a_multichannel_model(user_module: str, tmp_path: Path) -> None:
@@ -392,4 +439,8 @@ def test_export_triton_writes_a_repository_and_refuses_a_model_with_lookahead(
     assert str(repository / "vollo_cnn" / "1" / "sequence.pt2") in capsys.readouterr().out
     code = main(["export-triton", "--example", "seed_residual", str(tmp_path / "other")])
     assert code == 1
-    assert "lookahead" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "lookahead" in err
+    # not torchstreamer.stream, which has no Triton form
+    assert "serve it with torchstreamer.StreamPool" in err
+    assert "torchstreamer.stream(" not in err

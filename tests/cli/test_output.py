@@ -181,3 +181,38 @@ def test_rich_spinners_and_bars_do_not_collide_on_a_terminal(
     assert main(["verify", "--example", "tcn", "--signals", "2"]) == 0
     assert "so far" not in capsys.readouterr().err  # rich draws, no progress lines
     assert "benchmarking block sizes" in screen.getvalue()
+
+
+def test_counts_read_as_words_one_sample_many_samples() -> None:
+    assert show.count(1, "output sample") == "1 output sample"
+    assert [show.count(n, "byte") for n in (0, 2)] == ["0 bytes", "2 bytes"]
+
+
+def test_inspect_says_counts_and_the_frame_engine_plainly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # inspect printed "1 output samples", and the engine read "frames of 2 samples, from 1
+    # before the signal"
+    (tmp_path / "phase_models.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "def make():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Conv1d(1, 2, 1, stride=2)), torch.randn(1, 1, 64)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["inspect", "--example", "vollo_cnn"]) == 0
+    out = capsys.readouterr().out
+    assert "rate: 1 output sample per input sample" in out
+    assert "receptive field: 5 samples" in out
+    assert "stream engine: frames of 1 sample\n" in out
+    assert main(["inspect", "phase_models:make"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "rate: 1 output sample per 2 input samples" in out
+    assert "receptive field: 1 sample" in out
+    assert (
+        "stream engine: frames of 2 samples; the first frame starts with 1 zero sample before "
+        "the signal, so that frames end where outputs complete"
+    ) in out
+    assert "frames hold outputs back by up to 1 sample" in out  # (the step model's verdict)
+    assert not re.search(r"\b1 (output |input )?samples", out), out
+    assert main(["verify", "--example", "tcn", "--signals", "1"]) == 0
+    assert "exact. 1 random signal in random blocks" in capsys.readouterr().out

@@ -264,6 +264,24 @@ def test_an_example_shorter_than_the_total_stride_is_refused_as_such() -> None:
     pts.stream(model, torch.randn(1, 54 * 4))  # long enough
 
 
+def test_an_example_that_the_capture_fixes_at_one_sample_is_refused_as_too_short() -> None:
+    # the capture failed (the dynamic length's minimum, then a graph of the example's length
+    # only), with torch.export's message instead of the one for too short an example
+    with pytest.raises(
+        pts.NotStreamableError,
+        match=r"The example input \(shape \[1, 1, 3\]\) is too short for Conv1d: its output "
+        r"\(shape \[1, 4, 1\]\) has too few samples.*Give a longer example",
+    ):
+        pts.stream(nn.Conv1d(1, 4, 3), torch.randn(1, 1, 3))
+    model = nn.Sequential(nn.Conv1d(1, 1, 3), nn.ConvTranspose1d(1, 1, 3))
+    with pytest.raises(
+        pts.NotStreamableError,
+        match=r"too short for Sequential: the output of layer '0' \(Conv1d\)",
+    ):
+        pts.stream(model, torch.randn(1, 1, 3))
+    pts.stream(model, torch.randn(1, 1, 4))  # long enough
+
+
 class ExtraPadding(nn.Module):
     """EnCodec's get_extra_padding_for_conv1d: a float ceil of the frame count."""
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from torch import nn
 
 import torchstreamer as pts
-from tests.conftest import assert_matches, block_sizes, split_lengths
+from tests.conftest import assert_matches, block_sizes, built_at_once, split_lengths
 from tests.graph import models
 
 
@@ -147,8 +147,18 @@ REFUSALS = [
         Wrap(nn.Upsample(scale_factor=1.5, mode="nearest")),
         r"layer 'inner' \(Upsample\).*not a whole number",
     ),
-    # a Linear over time fixes the length: the capture itself fails (it does not name the layer)
-    (Wrap(nn.Linear(32, 32)), r"could not capture Wrap with a dynamic length"),
+    # a Linear or a LayerNorm over time fixes the length: the capture fails, and a run on a
+    # longer input names the layer that raises on it
+    (
+        Wrap(nn.Linear(32, 32)),
+        r"layer 'inner' \(Linear\): it acts on the last axis, which is time.*on 64 samples "
+        r"instead of the example's 32, it raises RuntimeError.*1x1 Conv1d",
+    ),
+    (
+        Wrap(nn.LayerNorm(32)),
+        r"layer 'inner' \(LayerNorm\): it normalises over time.*normalise over channels.*"
+        r"register_streamer\(LayerNorm, factory\)",
+    ),
 ]
 
 
@@ -173,6 +183,34 @@ class MatmulOverTime(nn.Module):
 class ReshapeMixingTime(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], x.shape[1], -1, 2).sum(-1)
+
+
+class FixedLength(nn.Module):
+    """A block whose own forward needs the example's length (a matrix over time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) @ torch.ones(32, 32)
+
+
+def test_a_layer_that_fixes_the_length_is_named_by_its_path() -> None:
+    # the capture of a model with a layer that only runs on the example's length failed with
+    # torch.export's constraint error, which named neither the layer nor what to do
+    model = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.LayerNorm(62)).eval()
+    with pytest.raises(pts.NotStreamableError, match=r"^Cannot stream layer '2' \(LayerNorm\)"):
+        pts.stream(model, torch.randn(1, 1, 64))
+    with pytest.raises(
+        pts.NotStreamableError,
+        match=r"layer 'inner' \(FixedLength\): it only runs on one length of the time axis.*"
+        r"register_streamer\(FixedLength, factory\)",
+    ):
+        pts.stream(Wrap(FixedLength()), torch.randn(1, 2, 32))
+    # an op of the model's own forward: no layer to name, the capture's message
+    with pytest.raises(pts.NotStreamableError, match="could not capture FixedLength with a dyn"):
+        pts.stream(FixedLength(), torch.randn(1, 2, 32))
 
 
 def test_flip_is_refused() -> None:
@@ -517,3 +555,21 @@ def test_a_ceil_mode_pool_whose_last_window_depends_on_the_length_is_exact(lengt
             pieces = [stream(x[..., i : i + 1]) for i in range(length)]
             pieces.append(stream(x[..., :0], final=True))
         assert_matches(torch.cat([p for p in pieces if p is not None], -1), net(x))
+
+
+@pytest.mark.parametrize(("shared", "count"), [(True, 4), (False, 2)])
+def test_streams_built_from_several_threads_at_once_are_exact(shared: bool, count: int) -> None:
+    """Builds run one at a time (torch.export patches process-wide state while it traces, and
+    swaps leaves into the model it captures): streams of a recurrent model built from several
+    threads at once, of one model or of one each, run on the engine as one built alone, and
+    stream exactly."""
+    torch.manual_seed(0)
+    example, x = torch.randn(2, 2, 64), torch.randn(2, 2, 90)
+    kept = [models.ConvRecurrent().eval() for _ in range(1 if shared else count)]
+    alone = pts.stream(kept[0], example).engine
+    streams = built_at_once(lambda i: pts.stream(kept[i % len(kept)], example), count)
+    for i, stream in enumerate(streams):
+        assert isinstance(stream, pts.GraphStream), repr(stream)
+        assert stream.engine == alone
+        with torch.no_grad():
+            assert_matches(run(stream, x, split_lengths(60, [1, 0, 7, 3])), kept[i % len(kept)](x))

@@ -108,7 +108,7 @@ def test_a_block_that_does_not_fit_restarts_no_row(bad: torch.Tensor) -> None:
     stream = pts.StepStream(step)
     x = torch.randn(2, 2, 12)
     first = stream(x[..., :6])
-    with pytest.raises(pts.StreamInputError, match="blocks shaped|computes in"):
+    with pytest.raises(pts.StreamInputError, match=r"blocks shaped|computes in"):
         stream(bad, start=torch.tensor([True, False]))
     rest = stream(x[..., 6:])  # neither row restarted
     assert_matches(torch.cat([first, rest], -1), offline(model, x))

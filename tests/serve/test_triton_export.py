@@ -176,8 +176,16 @@ def test_the_python_backend_model_refuses_a_sequence_without_state(
 
 
 def test_a_model_with_lookahead_is_refused_for_triton(tmp_path: Path) -> None:
-    with pytest.raises(pts.NotStreamableError, match=r"StreamPool|lookahead|future"):
-        pts.export_triton(nn.Conv1d(1, 1, 3, padding=1), torch.randn(1, 1, 16), tmp_path)
+    # the refusal pointed to torchstreamer.stream, which has no Triton form: a pool serves it
+    lookahead = nn.Conv1d(1, 1, 3, padding=1)
+    right_padding = nn.Sequential(nn.ConstantPad1d((2, 2), 0.0), nn.Conv1d(1, 1, 3))
+    for model in (lookahead, right_padding):
+        with pytest.raises(
+            pts.NotStreamableError, match=r"with torchstreamer\.StreamPool"
+        ) as error:
+            pts.export_triton(model, torch.randn(1, 1, 16), tmp_path)
+        assert "torchstreamer.stream(" not in str(error.value)
+        assert not pts.StreamPool(model, torch.randn(1, 1, 16), slots=2).batched
 
 
 def test_a_step_model_of_one_row_is_refused_for_serving(tmp_path: Path) -> None:
@@ -214,8 +222,8 @@ def test_a_bad_request_fails_alone_and_changes_no_sequence(
     outputs.append(responses[0].outputs["out_signal"])
     errors = [r.error for r in responses[1:]]
     assert "no input 'in_signal'" in errors[0]
-    assert "real numbers" in errors[1] and "object" in errors[1]
-    assert "real numbers" in errors[2] and "complex64" in errors[2]
+    assert "real numbers (float32), not object" in errors[1]
+    assert "real numbers (float32), not complex64" in errors[2]
     assert "CORRID must be an integer or a string" in errors[3]
     assert errors[4]  # an empty control: refused, not an IndexError for the whole batch
     assert "two requests in one batch" in errors[5]

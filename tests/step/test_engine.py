@@ -760,3 +760,67 @@ def test_every_built_in_example_runs_on_the_engine(name: str) -> None:
     if isinstance(example.model, nn.Sequential):
         stream = pts.Sequential1dStream(example.model, padding="model")
         assert stream.engine.startswith("frames of"), stream.engine
+
+
+def _tensors_with_history(stream: nn.Module) -> list[str]:
+    """The state tensors of ``stream`` (its state, its buffers and every tensor attribute of
+    its modules, parameters aside) that require grad or carry autograd history."""
+    found = [(f"state {k}", v) for k, v in stream.get_state().items()]  # type: ignore[operator]
+    found += [(f"buffer {k}", v) for k, v in stream.named_buffers()]
+    for path, module in stream.named_modules():
+        found += [
+            (f"attribute {path}.{k}", v)
+            for k, v in vars(module).items()
+            if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter)
+        ]
+    return [name for name, v in found if v.requires_grad or v.grad_fn is not None]
+
+
+@pytest.mark.parametrize("face", ["module", "graph"])
+@pytest.mark.parametrize("kind", ["strided", "residual", "padded"])
+def test_blocks_that_require_grad_leave_no_autograd_history_in_the_state(
+    face: str, kind: str
+) -> None:
+    """The samples the engine keeps (its history, the frames' pending samples, the frame
+    outputs that wait) are written detached: blocks that require grad leave no graph in the
+    state, and the outputs stay exact (and, as before, carry no grad on the engine)."""
+    torch.manual_seed(0)
+    if kind == "strided":
+        model = nn.Sequential(
+            nn.Conv1d(1, 4, 3, stride=2), nn.ReLU(), nn.Conv1d(4, 2, 3, stride=2, padding=1)
+        )
+    elif kind == "residual":
+        model = nn.Sequential(
+            nn.Conv1d(1, 4, 3, padding=1),
+            pts.Residual1d(nn.Sequential(nn.Conv1d(4, 4, 3, padding=2, dilation=2), nn.Tanh())),
+            nn.Conv1d(4, 1, 3, stride=2),
+        )
+    else:
+        model = nn.Sequential(*PaddedAfterValid().children())
+    model.eval()
+    x = torch.randn(1, 1, 61)
+    if face == "module":
+        stream: nn.Module = pts.Sequential1dStream(model, padding="model")
+    else:
+        stream = pts.stream(model, x[..., :32])
+    assert stream.engine.startswith("frames of"), stream.engine  # type: ignore[union-attr]
+    signal = x.clone().requires_grad_(True)
+    parts, start = [], 0
+    for length in split_lengths(55, [1, 0, 5, 2, 7, 3]):
+        y = stream(signal[..., start : start + length])
+        start += length
+        if y is not None:
+            assert not y.requires_grad
+            assert y.grad_fn is None
+            parts.append(y)
+        assert _tensors_with_history(stream) == []
+    state = stream.get_state()  # type: ignore[operator]
+    stream.set_state(  # type: ignore[operator]  # (a state restored from tensors that need grad)
+        {k: v.clone().requires_grad_(v.is_floating_point()) for k, v in state.items()}
+    )
+    assert _tensors_with_history(stream) == []
+    y = stream(signal[..., start:], final=True)
+    parts += [y] if y is not None else []
+    assert _tensors_with_history(stream) == []
+    with torch.no_grad():
+        assert_matches(torch.cat(parts, -1), model(x))

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import torchstreamer as pts
-from tests.conftest import ATOL, RTOL, fewer
+from tests.conftest import ATOL, RTOL, built_at_once, fewer
 
 
 def run_steps(step: pts.StepModel, x: torch.Tensor, axis: int, output_axis: int) -> torch.Tensor:
@@ -415,3 +415,36 @@ def test_constants_broadcast_over_time_in_binary_ops() -> None:
     x = torch.randn(3, 2, 30)
     step, axis = pts.streaming_transform(model, x, 2)
     torch.testing.assert_close(run_steps(step, x, 2, axis), offline(model, x), rtol=RTOL, atol=ATOL)
+
+
+class ConvGru(nn.Module):
+    """A causal convolution before a GRU (batch first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = pts.PaddedConv1d(2, 4, 3)
+        self.rnn = nn.GRU(4, 3, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.rnn(torch.relu(self.conv(x)).transpose(1, 2))
+        return y.transpose(1, 2)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_step_streams_built_from_several_threads_at_once_are_exact(shared: bool) -> None:
+    """Transforms run one at a time (the capture and the checks that run the model): three
+    threads that transform a model at once, the same one or one each, get step streams that
+    stream it exactly."""
+    example, x = torch.randn(1, 2, 32), torch.randn(1, 2, 40)
+    kept = [ConvGru().eval() for _ in range(1 if shared else 3)]
+
+    def build(index: int) -> pts.StepStream:
+        step, _ = pts.streaming_transform(kept[index % len(kept)], example, 2)
+        return pts.StepStream(step)
+
+    for i, stream in enumerate(built_at_once(build, 3)):
+        assert isinstance(stream, pts.StepStream), repr(stream)
+        parts = [stream(x[..., t : t + 5]) for t in range(0, 40, 5)]
+        torch.testing.assert_close(
+            torch.cat(parts, -1), offline(kept[i % len(kept)], x), rtol=RTOL, atol=ATOL
+        )

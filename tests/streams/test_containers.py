@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from hypothesis import assume, given
@@ -231,3 +233,38 @@ def test_residual_checks_channels_mid_signal_when_its_layers_accept_any() -> Non
 def test_residual_whose_inner_lengthens_the_signal_is_refused() -> None:
     with pytest.raises(pts.NotStreamableError, match="lengthens the signal by 2 samples"):
         pts.Residual1dStream(pts.Residual1d(nn.ConvTranspose1d(2, 2, 3)))
+
+
+def test_a_network_built_while_another_thread_builds_layers_runs_on_the_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a container counts the containers that build their layers (a nested one builds no engine
+    # of its own): per thread, so a network built meanwhile in another thread is no layer of it
+    from torchstreamer.streams import registry
+
+    inside, done = threading.Event(), threading.Event()
+    create = registry.create_stream
+
+    def waiting(*args, **kwargs):  # the other thread waits in its layers' loop
+        if threading.current_thread().name == "layers":
+            inside.set()
+            done.wait(60)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "create_stream", waiting)
+    other = threading.Thread(
+        target=pts.Sequential1dStream, args=(nn.Sequential(nn.Tanh()),), name="layers", daemon=True
+    )
+    other.start()
+    assert inside.wait(60)
+    try:
+        net = nn.Sequential(nn.Conv1d(1, 2, 3, padding=1), nn.ReLU()).eval()
+        stream = pts.Sequential1dStream(net, "model")
+    finally:
+        done.set()
+        other.join(60)
+    assert not other.is_alive()
+    assert stream.engine.startswith("frames of"), stream.engine
+    x = torch.randn(1, 1, 20)
+    with torch.no_grad():
+        assert_matches(run_stream(stream, x, [1, 0, 6, 4]), net(x))

@@ -16,7 +16,7 @@ when loaded (pickle, compiled code, eval) is refused unless ``--trust-file`` is 
 Example:
     >>> from torchstreamer.cli import main
     >>> main(["verify", "--example", "vollo_cnn", "--signals", "1"])
-    vollo_cnn: exact. 1 random signals in random blocks (0 and 1 included); max relative error ...
+    vollo_cnn: exact. 1 random signal in random blocks (0 and 1 included); max relative error ...
     0
 """
 
@@ -126,8 +126,16 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     bench.add_argument(
         "--plot", type=Path, metavar="FILE.png", help="needs matplotlib (the bench extra)"
     )
-    run.add_argument("input", type=Path, metavar="IN")
-    run.add_argument("output", type=Path, metavar="OUT")
+    run.add_argument(
+        "input", type=Path, metavar="IN",
+        help="the audio file: a model that takes as many channels gets them all; a one-channel "
+        "model streams each channel of the file on its own",
+    )  # fmt: skip
+    run.add_argument(
+        "output", type=Path, metavar="OUT",
+        help="the audio file written: the model's output channels; for a one-channel model, "
+        "those of the file's first channel, then those of its second, and so on",
+    )  # fmt: skip
     run.add_argument("--block", type=_positive, default=512, help="frames per call (default 512)")
     run.add_argument("--sample-rate", type=_positive, help="the rate the model expects, in Hz")
     run.add_argument(

@@ -207,7 +207,7 @@ def _unpickler_reason(error: Exception) -> str:
     return reason.strip().rstrip(".")[:160]
 
 
-def _json(read: Any, files: dict[str, str], name: str) -> Any:
+def _json(read: Any, files: dict[str, Any], name: str) -> Any:
     if name not in files:
         raise NotAnArchiveError(f"it has no {name}")
     try:

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import torch
 
-from torchstreamer.cli.show import message, progress, stage, table, width
+from torchstreamer.cli.show import count, message, progress, stage, table, width
 from torchstreamer.cli.spec import LoadedModel
 from torchstreamer.measure import plot_costs, runners_for, time_runners
 
@@ -47,7 +47,7 @@ def bench_model(
             )
             results.append(entry)
     title = (
-        f"{loaded.name}: microseconds per input sample ({threads} thread{'s' * (threads > 1)}, "
+        f"{loaded.name}: microseconds per input sample ({count(threads, 'thread')}, "
         f"median of {repeats})"
     )
     if width() >= WIDE:

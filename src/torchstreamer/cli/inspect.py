@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from torchstreamer.cli.show import message, stage, table
+from torchstreamer.cli.show import count, message, stage, table
 from torchstreamer.cli.spec import LoadedModel
 from torchstreamer.errors import NotStreamableError, StreamError
 from torchstreamer.graph.stream import GraphStream, stream
@@ -47,13 +47,18 @@ def inspect_model(loaded: LoadedModel, sample_rate: Optional[int] = None) -> int
     def at_rate(samples: Optional[int]) -> str:
         if samples is None:
             return "unbounded"
-        return f"{samples} samples" + (f" ({1000 * samples / rate_hz:.2f} ms)" if rate_hz else "")
+        return count(samples, "sample") + (
+            f" ({1000 * samples / rate_hz:.2f} ms)" if rate_hz else ""
+        )
 
     state = sum(r["state_bytes"] for r in rows)
-    message(f"rate: {graph.rate} output samples per input sample")
+    rate = graph.rate
+    per = "input sample" if rate.denominator == 1 else count(rate.denominator, "input sample")
+    message(f"rate: {count(rate.numerator, 'output sample')} per {per}")
     message(f"latency: {at_rate(latency)}")
     message(f"receptive field: {at_rate(receptive_field)}")
-    message(f"state: {state} bytes for batch size {loaded.example.shape[0]}")
+    message(f"state: {count(state, 'byte')} for batch size {loaded.example.shape[0]}")
+    message(f"stream engine: {graph.engine}")
     message(f"step model: {verdict}")
     return 0
 
@@ -85,11 +90,12 @@ def _step_verdict(loaded: LoadedModel) -> str:
             step, _ = streaming_transform(loaded.model, loaded.example, -1, frame="auto")
         except StreamError as frame_error:
             return f"no: {refusal}; in frames: {_reason(frame_error)}"
-        return f"yes, in frames of {step.frame} input samples (frame='auto'): {_frames(step)}"
+        frames = count(step.frame or 1, "input sample")  # (None: one sample per call)
+        return f"yes, in frames of {frames} (frame='auto'): {_frames(step)}"
     except StreamError as error:
         return f"no: {error}"
     size = _state_size(step)
-    return f"yes: streaming_transform gives one sample per call ({size} bytes of state)"
+    return f"yes: streaming_transform gives one sample per call ({count(size, 'byte')} of state)"
 
 
 def _reason(error: StreamError) -> str:
@@ -102,9 +108,9 @@ def _state_size(step: StepModel) -> int:
 
 def _frames(step: StepModel) -> str:
     if step.held_back:
-        stream = f"frames hold outputs back by up to {step.held_back} samples"
+        stream = f"frames hold outputs back by up to {count(step.held_back, 'sample')}"
     elif not step.drops_partial_frames:
         stream = "the model returns outputs when the signal ends, which frames never compute"
     else:
         stream = "StepStream streams it block by block"
-    return f"{_state_size(step)} bytes of state; {stream}"
+    return f"{count(_state_size(step), 'byte')} of state; {stream}"

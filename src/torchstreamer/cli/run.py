@@ -119,7 +119,10 @@ def run_file(
     """Stream ``source`` through the model in blocks of ``block`` frames; write ``target``.
 
     A model that takes as many channels as the file gets them all; a one-channel model runs
-    each channel of the file as its own stream. The real-time factor is the wall time since
+    each channel of the file as its own stream, and the output holds the model's output
+    channels for the file's first channel, then those for its second, and so on (a model with
+    ``C`` output channels on a file of ``N``: ``N * C`` channels, channel ``n * C + c`` is
+    output channel ``c`` of file channel ``n``). The real-time factor is the wall time since
     ``began`` (a ``time.perf_counter()`` value: the start of the command) over the duration of
     the audio. ``target`` is written in the subtype that :func:`output_format` picks; output
     that the subtype cannot hold is refused (see the module's docstring).

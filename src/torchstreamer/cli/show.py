@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Optional, TypeVar
 
-__all__ = ["INTERVAL", "message", "progress", "reporting", "stage", "table", "width"]
+__all__ = ["INTERVAL", "count", "message", "progress", "reporting", "stage", "table", "width"]
 
 T = TypeVar("T")
 
@@ -130,6 +130,12 @@ def table(
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
     for row in rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def count(n: int, thing: str) -> str:
+    """``n`` and ``thing``, plural unless ``n`` is 1: ``count(1, "output sample")`` is
+    ``"1 output sample"``, ``count(3, "output sample")`` is ``"3 output samples"``."""
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
 
 
 def message(text: str, error: bool = False) -> None:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from torchstreamer.cli.archive import NotAnArchiveError, UnsafeArchiveError, check_archive
+from torchstreamer.cli.show import count
 from torchstreamer.examples import EXAMPLES, load_example
 
 __all__ = ["SAFETY", "USAGE", "CliError", "LoadedModel", "first_layer_channels", "load_model"]
@@ -162,9 +163,9 @@ def _load_factory(spec: str, channels: Optional[int], length: int) -> LoadedMode
         if first is not None and first[1] != example.shape[1]:
             name, wanted = first
             raise CliError(
-                f"the model takes {wanted} channels (its first layer {name} has {wanted} input "
-                f"channels) but the example input has {example.shape[1]}, {shape}; pass "
-                f"--channels {wanted}."
+                f"the model takes {count(wanted, 'channel')} (its first layer {name} has "
+                f"{count(wanted, 'input channel')}) but the example input has "
+                f"{example.shape[1]}, {shape}; pass --channels {wanted}."
             ) from error
         if first is not None:  # the channels fit its first layer: the model itself raised
             raise CliError(

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from torchstreamer.cli.show import message, progress, stage
+from torchstreamer.cli.show import count, message, progress, stage
 from torchstreamer.cli.spec import LoadedModel
 from torchstreamer.errors import NotStreamableError
 from torchstreamer.graph.analysis import describe, time_axis
@@ -42,7 +42,8 @@ def verify_model(
         gap = _error(streamed, expected)
         if gap is None or gap > tolerance:
             shown = "different shapes" if gap is None else f"max relative error {gap:.2e}"
-            message(f"MISMATCH on signal {index} ({x.shape[-1]} samples, blocks {sizes}): {shown}.")
+            length = count(x.shape[-1], "sample")
+            message(f"MISMATCH on signal {index} ({length}, blocks {sizes}): {shown}.")
             with stage("looking for the first layer that diverges"):
                 culprit = _first_divergence(graph, x, sizes, tolerance)
             if culprit:
@@ -50,8 +51,8 @@ def verify_model(
             return 1
         worst = max(worst, gap)
     message(
-        f"{loaded.name}: exact. {signals} random signals in random blocks (0 and 1 included); "
-        f"max relative error {worst:.2e} (tolerance {tolerance:.0e})."
+        f"{loaded.name}: exact. {count(signals, 'random signal')} in random blocks (0 and 1 "
+        f"included); max relative error {worst:.2e} (tolerance {tolerance:.0e})."
     )
     return 0
 

@@ -4,27 +4,30 @@ The captured graph must keep the time length symbolic: a graph specialised to th
 length would compute something else for every other length, so it is refused.
 
 ``torch.export`` keeps process-wide state while it traces (and so do the leaves swapped in for
-the capture), so captures run one at a time: streams may be built from several threads.
+the capture), so captures run one at a time, inside the build that holds
+:data:`torchstreamer.base.ONE_BUILD_AT_A_TIME`: streams may be built from several threads.
 """
 
 from __future__ import annotations
 
 import copy
-import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from torch import fx, nn
+from torch.utils._pytree import tree_leaves
 
+from torchstreamer.base import ONE_BUILD_AT_A_TIME
 from torchstreamer.errors import NotStreamableError
 from torchstreamer.graph.leaves import leaves_swapped, registered_output_channels
+from torchstreamer.streams.leaf import layer_label
+from torchstreamer.streams.registry import refusal
 
 if TYPE_CHECKING:
     from torch.export import ExportedProgram
 
 __all__ = ["capture", "prune_unused", "time_symbol"]
 
-_ONE_AT_A_TIME = threading.RLock()
 # words of torch.export's errors when a model forces or constrains the dynamic length
 _LENGTH_WORDS = ("constraint", "specializ", "guard", "dynamic", "symbolic", "dim(", "sym")
 
@@ -48,7 +51,7 @@ def capture(
         NotStreamableError: the model raises on the example, cannot be captured, or only for the
             example's length.
     """
-    with _ONE_AT_A_TIME:
+    with ONE_BUILD_AT_A_TIME:
         return _capture(model, example, axis)
 
 
@@ -78,6 +81,9 @@ def _capture(
             return program, leaves
         errors.append("the captured graph only works for the example's length")
     _check_runs(model, example)
+    why = _fixed_length(model, example, axis)
+    if why is not None:
+        raise NotStreamableError(why)
     name = type(model).__name__
     if any(word in error.lower() for error in errors for word in _LENGTH_WORDS):
         raise NotStreamableError(
@@ -106,6 +112,73 @@ def _check_runs(model: nn.Module, example: torch.Tensor) -> None:
             f"offline on the example input shaped {list(example.shape)}); fix the model or give "
             "an example that it accepts."
         ) from error
+
+
+def _fixed_length(model: nn.Module, example: torch.Tensor, axis: int) -> Optional[str]:
+    """Why a capture fixed the length, where runs of (a copy of) the model on the example and
+    on one twice as long show it: the layer that raises on the longer input, or a layer whose
+    output the example leaves with at most one sample (which ``torch.export`` fixes); ``None``
+    where neither does."""
+    copied = copy.deepcopy(model)
+    calls: list[str] = []  # the paths of the layers running now, outermost first
+    outputs: dict[str, Any] = {}
+
+    def enter(path: str) -> Callable[..., None]:
+        return lambda module, args: calls.append(path)
+
+    def leave(path: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            calls.pop()
+            outputs.setdefault(path, list(tree_leaves(output)))
+
+        return hook
+
+    handles = []
+    for path, module in copied.named_modules():
+        handles.append(module.register_forward_pre_hook(enter(path)))
+        handles.append(module.register_forward_hook(leave(path)))
+    try:
+        with torch.no_grad():
+            copied(example)
+            short = dict(outputs)
+            outputs.clear()
+            longer = torch.cat([example, example], axis)
+            try:
+                copied(longer)
+            except Exception as error:
+                if len(calls) < 2:  # the model's own forward raised, not one of its layers
+                    return None
+                path = calls[-1]
+                first = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else ""
+                found = (
+                    f"; on {longer.shape[axis]} samples instead of the example's "
+                    f"{example.shape[axis]}, it raises {type(error).__name__}: {first}"
+                )
+                return refusal(copied.get_submodule(path), path, found, fallback=True)
+    except Exception:  # (the model raises on its example: _check_runs has said so)
+        return None
+    finally:
+        for handle in handles:
+            handle.remove()
+    for path, values in short.items():
+        for value, other in zip(values, outputs.get(path, [])):
+            if not isinstance(value, torch.Tensor) or not isinstance(other, torch.Tensor):
+                continue
+            if value.dim() == other.dim() and any(
+                size <= 1 < grown for size, grown in zip(value.shape, other.shape)
+            ):
+                whose = (
+                    "its output"
+                    if not path
+                    else f"the output of {layer_label(copied.get_submodule(path), path)}"
+                )
+                return (
+                    f"The example input (shape {list(example.shape)}) is too short for "
+                    f"{type(model).__name__}: {whose} (shape {list(value.shape)}) has too few "
+                    "samples to follow the input's length. Give a longer example, several times "
+                    "the model's total stride."
+                )
+    return None
 
 
 def prune_unused(graph: fx.Graph) -> int:

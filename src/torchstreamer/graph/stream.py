@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 import torch
 from torch import Tensor, fx, nn
 
-from torchstreamer.base import BaseStream, Stateful, check_state_values, state_int
+from torchstreamer.base import (
+    ONE_BUILD_AT_A_TIME,
+    BaseStream,
+    Stateful,
+    check_state_values,
+    state_int,
+)
 from torchstreamer.errors import NotStreamableError, StreamError, StreamInputError
 from torchstreamer.generated import Source
 from torchstreamer.graph.analysis import refuse, time_axis, time_length
@@ -54,6 +60,10 @@ class GraphStream(BaseStream):
 
     def __init__(self, model: nn.Module, example: Tensor, axis: int = -1) -> None:
         super().__init__()
+        with ONE_BUILD_AT_A_TIME:  # (the capture and the engine's check: see base)
+            self._build(model, example, axis)
+
+    def _build(self, model: nn.Module, example: Tensor, axis: int) -> None:
         self.model = model
         self._axis = axis % example.dim()
         self._example_shape = list(example.shape)
@@ -153,7 +163,8 @@ class GraphStream(BaseStream):
     ) -> None:
         from torchstreamer.step.engine import frame_engine  # the engine builds on this module
 
-        engine, why = frame_engine(self, example, check, phase)
+        with ONE_BUILD_AT_A_TIME:  # (also for a new batch size, mid-stream: see base)
+            engine, why = frame_engine(self, example, check, phase)
         self._engine = engine
         self._engine_refusal = "" if engine is not None else why
         self._engine_what = why if engine is not None else ""

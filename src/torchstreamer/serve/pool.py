@@ -13,7 +13,6 @@ own :func:`torchstreamer.stream`, run one after the other (``pool.batched`` is `
 from __future__ import annotations
 
 import copy
-import numbers
 import operator
 from collections.abc import Mapping
 from typing import Any, Optional, Union
@@ -55,9 +54,13 @@ class StreamPool(nn.Module):
 
     def __init__(self, model: nn.Module, example: Tensor, slots: int, axis: int = -1) -> None:
         super().__init__()
-        if isinstance(slots, bool) or not isinstance(slots, numbers.Integral) or slots < 1:
+        try:
+            count = operator.index(slots)
+        except TypeError:
+            count = 0
+        if isinstance(slots, bool) or count < 1:
             raise StreamError(f"A pool needs a whole number of slots, at least one, not {slots!r}.")
-        slots = int(slots)
+        slots = count
         if example.dim() < 2 or example.shape[0] != 1:
             raise StreamInputError(
                 "The example of a pool is one signal: a tensor whose first (batch) axis has "

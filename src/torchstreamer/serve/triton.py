@@ -41,12 +41,18 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from torchstreamer.errors import StreamError
+from torchstreamer.errors import NotStreamableError, StreamError
 from torchstreamer.serve.sequence import SequenceStep, export_sequence
+from torchstreamer.step.rewrite import _STREAM_REMEDY
 from torchstreamer.step.transform import StepModel, streaming_transform
 
 __all__ = ["export_triton", "triton_configs"]
 
+_POOL_REMEDY = (
+    "serve it with torchstreamer.StreamPool(model, example, slots) in a Python server, which "
+    "streams each signal in its own slot (a Triton repository needs the step form, which this "
+    "model lacks)"
+)
 _TYPES = {
     torch.float32: "TYPE_FP32",
     torch.float64: "TYPE_FP64",
@@ -145,7 +151,12 @@ def _step(model: Union[nn.Module, StepModel], example: Optional[Tensor], axis: i
     if example.dim() == 2:  # one signal [C, T]: serving batches signals on a new first axis
         example = example.unsqueeze(0)
     rows = example.narrow(0, 0, 1).expand(2, *example.shape[1:]).contiguous()
-    step, _ = streaming_transform(model, rows, axis, frame="auto")
+    try:
+        step, _ = streaming_transform(model, rows, axis, frame="auto")
+    except NotStreamableError as error:  # torchstreamer.stream, its advice, has no Triton form
+        if _STREAM_REMEDY not in str(error):
+            raise
+        raise NotStreamableError(str(error).replace(_STREAM_REMEDY, _POOL_REMEDY)) from error
     return step
 
 

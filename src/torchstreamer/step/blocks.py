@@ -123,6 +123,8 @@ class StepStream(BaseStream):
 
     def _stream(self, x: Tensor, final: bool) -> Optional[Outputs]:
         """:meth:`forward` for a block already checked (a graph stream checks its blocks)."""
+        if x.requires_grad:  # the samples that wait must not record autograd history
+            x = x.detach()
         own = self.__dict__  # (the hot path: plain reads and writes of the counters)
         axis, frame, filled = own["_axis"], own["_frame"], own["_filled"]
         pending = self._buffers["_pending"]

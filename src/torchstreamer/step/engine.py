@@ -26,7 +26,7 @@ Example:
     >>> model = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), torch.nn.ReLU()).eval()
     >>> s = pts.stream(model, torch.randn(1, 1, 32))
     >>> s.engine
-    'frames of 1 samples'
+    'frames of 1 sample'
 """
 
 from __future__ import annotations
@@ -92,8 +92,12 @@ def frame_engine(
         return None, f"the frame code could not be built ({type(error).__name__}: {error})"
     if check and not _reproduces(engine, source, example):
         return None, "the frame code did not reproduce the model on the example"
-    return engine, f"frames of {frame} samples" + (
-        f", from {start} before the signal" if start else ""
+    plural = "s" * (start != 1)  # (frames start `start` samples early: zeros, in StepStream)
+    return engine, f"frames of {frame} sample{'s' * (frame != 1)}" + (
+        f"; the first frame starts with {start} zero sample{plural} before the signal, so that "
+        "frames end where outputs complete"
+        if start
+        else ""
     )
 
 
@@ -284,13 +288,15 @@ class FrameEngine(BaseStream):
         self._from_frames = [int(v) for v in state["_from_frames"].tolist()]
         self._seeded = int(state["_seeded"])
         for i in range(len(self._names)):
-            setattr(self, f"_waiting_{i}", state[f"_waiting_{i}"].clone())
+            setattr(self, f"_waiting_{i}", state[f"_waiting_{i}"].detach().clone())
         self._steady = self._settled()
 
     def run(
         self, x: Tensor, final: bool, source: GraphStream
     ) -> Optional[Union[Tensor, tuple[Tensor, ...]]]:
         """Stream one checked block: the outputs it completes (``None`` if none)."""
+        if x.requires_grad:  # the samples kept must not record autograd history
+            x = x.detach()
         axis = self._axis
         length = x.shape[axis]
         seen = self._seen + length

@@ -27,6 +27,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
+from torchstreamer.base import ONE_BUILD_AT_A_TIME
 from torchstreamer.errors import StreamError
 from torchstreamer.step.transform import StepModel
 
@@ -63,17 +64,18 @@ def _example(step: StepModel) -> tuple[Tensor, ...]:
 def _quiet_export() -> Iterator[None]:
     """Silence what the exporters say about their own internals (nn.LSTM's flat weights, a
     pytree deprecation, torchvision ops that are not installed)."""
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*were assigned during export.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-            with torch.no_grad():
-                yield
-    finally:
-        registration.setLevel(level)
+    with ONE_BUILD_AT_A_TIME:  # (the logger, the warning filters and the export: see base)
+        registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+        level = registration.level
+        registration.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*were assigned during export.*")
+                warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+                with torch.no_grad():
+                    yield
+        finally:
+            registration.setLevel(level)
 
 
 def export_step(step: StepModel) -> torch.export.ExportedProgram:

@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, fx, nn
 
-from torchstreamer.base import check_state_values
+from torchstreamer.base import ONE_BUILD_AT_A_TIME, check_state_values
 from torchstreamer.errors import StreamError, StreamInputError
 from torchstreamer.serve.rows import RowLayout
 from torchstreamer.step.codegen import compile_graph
@@ -377,17 +377,18 @@ def streaming_transform(
         (2, torch.Size([2, 4, 1]))
     """
     axis = axis % max(example_input.dim(), 1)
-    was_training = model.training
-    _set_training(model, False)
-    try:
-        step_graph = build_step_graph(model, example_input, axis, frame)
-        step = StepModel(step_graph, f"step model of {type(model).__name__}", axis)
-        if step.frame is None:
-            _check_against_offline(step, model, example_input, axis)
-        else:
-            _check_frames_against_offline(step, model, example_input, axis)
-    finally:
-        _set_training(model, was_training)
+    with ONE_BUILD_AT_A_TIME:  # (the capture and the checks that run the model: see base)
+        was_training = model.training
+        _set_training(model, False)
+        try:
+            step_graph = build_step_graph(model, example_input, axis, frame)
+            step = StepModel(step_graph, f"step model of {type(model).__name__}", axis)
+            if step.frame is None:
+                _check_against_offline(step, model, example_input, axis)
+            else:
+                _check_frames_against_offline(step, model, example_input, axis)
+        finally:
+            _set_training(model, was_training)
     axes = step.output_axes
     return step, axes[0] if len(axes) == 1 else axes
 

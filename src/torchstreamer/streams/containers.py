@@ -1,6 +1,7 @@
 """Streams of containers: ``nn.Sequential`` and ``Residual1d``."""
 
 import copy
+import threading
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -15,9 +16,16 @@ from torchstreamer.time import residual_crop
 
 __all__ = ["Residual1d", "Residual1dStream", "Sequential1dStream"]
 
+
+class _Depth(threading.local):
+    """A count kept per thread (another thread's build is no layer of this one's)."""
+
+    value = 0
+
+
 # above 0 while a container builds the streams of its layers: a nested container is a layer of
 # one that runs on the engine (or on its layers), so it builds no engine of its own
-_BUILDING_LAYERS = [0]
+_BUILDING_LAYERS = _Depth()
 _ENGINE_COUNTERS = ("_rank", "_batch", "_seen")  # a container's own state on the engine
 
 
@@ -175,14 +183,14 @@ class Sequential1dStream(BaseStream):
         channels = in_channels if in_channels is not None else _input_channels(net)
         self._in_channels = -1 if channels is None else channels
         streams: list[BaseStream] = []
-        _BUILDING_LAYERS[0] += 1
+        _BUILDING_LAYERS.value += 1
         try:
             for name, layer in net.named_children():
                 layer_path = f"{path}.{name}" if path else name
                 streams.append(create_stream(layer, padding, in_channels=channels, path=layer_path))
                 channels = _output_channels(layer, channels)
         finally:
-            _BUILDING_LAYERS[0] -= 1
+            _BUILDING_LAYERS.value -= 1
         self.streams = nn.ModuleList(streams)
         # an unbatched block would turn a softmax over dim=1 into one over time
         self._batched_only = any(
@@ -207,7 +215,7 @@ class Sequential1dStream(BaseStream):
         # the signal in progress, which passed the full check (so a block like it, in the same
         # signal, fits); cleared by reset, set_state, a move (.to) and pickling
         self._like_last: Any = None
-        if engine and _BUILDING_LAYERS[0] == 0:
+        if engine and _BUILDING_LAYERS.value == 0:
             self._attach_engine()
 
     def forward(self, x: Tensor, final: bool = False) -> Optional[Tensor]:
@@ -655,11 +663,11 @@ class Residual1dStream(BaseStream):
         self._label = layer_label(residual, path)
         channels = in_channels if in_channels is not None else _input_channels(inner)
         self._in_channels = -1 if channels is None else channels
-        _BUILDING_LAYERS[0] += 1
+        _BUILDING_LAYERS.value += 1
         try:
             self.stream = create_stream(inner, padding, in_channels=channels, path=inner_path)
         finally:
-            _BUILDING_LAYERS[0] -= 1
+            _BUILDING_LAYERS.value -= 1
         try:
             trims = {n - self.stream.output_length(n) for n in range(256, 256 + 64)}
         except NotImplementedError as error:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from torch import Tensor, nn
 
-from torchstreamer.base import BaseStream
+from torchstreamer.base import ONE_BUILD_AT_A_TIME, BaseStream
 
 if TYPE_CHECKING:
     from torchstreamer.graph.stream import GraphStream
@@ -96,20 +96,21 @@ def engine_for(stream: BaseStream, channels: int) -> Optional[GraphStream]:
         return None
     if any(_registered(module) is not None for module in offline.modules()):
         return None  # torchstreamer.stream() would stream it with the registered streamer
-    try:
-        length = _example_length(stream)
-        example = torch.zeros(
-            1,
-            channels,
-            length,
-            dtype=reference.dtype if reference is not None else torch.float32,
-            device=reference.device if reference is not None else None,
-        )
-        graph = GraphStream(offline, example)
-    except Exception:  # the layer streams stream it as before
-        return None
-    if graph._engine is None or not _keeps_up(stream, graph, example):
-        return None
+    with ONE_BUILD_AT_A_TIME:  # (the capture and the checks that run the model: see base)
+        try:
+            length = _example_length(stream)
+            example = torch.zeros(
+                1,
+                channels,
+                length,
+                dtype=reference.dtype if reference is not None else torch.float32,
+                device=reference.device if reference is not None else None,
+            )
+            graph = GraphStream(offline, example)
+        except Exception:  # the layer streams stream it as before
+            return None
+        if graph._engine is None or not _keeps_up(stream, graph, example):
+            return None
     return graph
 
 

@@ -15,7 +15,7 @@ from torchstreamer.base import BaseStream
 from torchstreamer.errors import NotStreamableError
 from torchstreamer.streams.leaf import layer_label
 
-__all__ = ["create_stream", "register_streamer", "unregister_streamer"]
+__all__ = ["create_stream", "refusal", "register_streamer", "unregister_streamer"]
 
 StreamFactory = Callable[[nn.Module], BaseStream]
 _REGISTRY: dict[type, StreamFactory] = {}
@@ -35,7 +35,7 @@ _REFUSED: tuple[tuple[tuple[type, ...], str, str], ...] = (
     (
         (nn.Linear, nn.Bilinear, nn.LazyLinear, nn.Flatten, nn.Unflatten, nn.Embedding),
         "acts on the last axis, which is time for [B, C, T] blocks",
-        "apply it per time step (a 1x1 Conv1d is a Linear over channels) or register a streamer",
+        "apply it per time step (a 1x1 Conv1d is a Linear over channels)",
     ),
     (
         (nn.CircularPad1d,),
@@ -57,13 +57,13 @@ _REFUSED: tuple[tuple[tuple[type, ...], str, str], ...] = (
     (
         (nn.Upsample, nn.MaxUnpool1d, nn.PixelShuffle, nn.PixelUnshuffle, nn.Fold, nn.Unfold),
         "changes the time axis in a way module streams do not model",
-        "use ConvTranspose1d for upsampling, or register a streamer",
+        "use ConvTranspose1d for upsampling",
     ),
     (
         (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.MaxPool2d,
          nn.AvgPool2d, nn.BatchNorm2d),
         "is not a 1D layer",
-        "use the 1D layer, or register a streamer",
+        "use the 1D layer",
     ),
     (
         (nn.Softmax2d,),
@@ -71,6 +71,11 @@ _REFUSED: tuple[tuple[tuple[type, ...], str, str], ...] = (
         "use Softmax(dim=-2) over channels",
     ),
 )  # fmt: skip
+# a layer that only runs on the example's length, of a type not above (see refusal)
+_ONE_LENGTH = (
+    "only runs on one length of the time axis (an op in it needs the whole signal)",
+    "make it act per time step or stream the layers around it",
+)
 
 
 def register_streamer(module_type: type, factory: StreamFactory) -> None:
@@ -104,6 +109,23 @@ def register_streamer(module_type: type, factory: StreamFactory) -> None:
 def unregister_streamer(module_type: type) -> None:
     """Forget the streamer registered for ``module_type`` (no error if there is none)."""
     _REGISTRY.pop(module_type, None)
+
+
+def refusal(module: nn.Module, path: str, found: str = "", fallback: bool = False) -> Optional[str]:
+    """The message that refuses ``module``, a layer of a type known to mix time steps: what it
+    does and what to do (``None`` for other types, unless ``fallback``: then a layer that only
+    runs on one length). ``found`` says what showed it, when something did."""
+    known = [(reason, remedy) for kinds, reason, remedy in _REFUSED if isinstance(module, kinds)]
+    if not known and not fallback:
+        return None
+    reason, remedy = known[0] if known else _ONE_LENGTH
+    how = f"torchstreamer.register_streamer({type(module).__name__}, factory)"
+    # (a remedy that is a streamer says how; any other offers one)
+    how = f"with {how}" if "register a streamer" in remedy else f"or register a streamer with {how}"
+    return (
+        f"Cannot stream {layer_label(module, path)}: it {reason}{found}. To stream this model, "
+        f"{remedy}, {how}."
+    )
 
 
 def _registered(module: nn.Module) -> Optional[StreamFactory]:
@@ -181,13 +203,9 @@ def create_stream(
         return Sequential1dStream(module, padding, path=path, in_channels=in_channels)
     if isinstance(module, Residual1d):
         return Residual1dStream(module, padding, path=path, in_channels=in_channels)
-    for kinds, reason, remedy in _REFUSED:
-        if isinstance(module, kinds):
-            raise NotStreamableError(
-                f"Cannot stream {layer_label(module, path)}: it {reason}. To stream this model, "
-                f"{remedy}, or register a streamer with "
-                f"torchstreamer.register_streamer({type(module).__name__}, factory)."
-            )
+    message = refusal(module, path)
+    if message is not None:
+        raise NotStreamableError(message)
     if elementwise_verdict(module, path):
         return Elementwise1dStream(module, path=path)
     if in_channels is not None:

@@ -55,7 +55,9 @@ class TritonPythonModel:
                     raise ValueError(f"sequence {corrid} sent two requests in one batch")
                 sequence = self._next(corrid, start, x)
             except (ValueError, TypeError, IndexError) as error:
-                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error)))
+                responses[index] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(error))
+                )
                 continue
             taken.add(corrid)
             sequence.seen = now
